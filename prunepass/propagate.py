@@ -58,7 +58,10 @@ def propagate(captured: Captured, registry: Registry) -> Dataflow:
         if node.op == "placeholder":
             env[node] = _placeholder(flow, node)
         elif node.op == "call_function":
+            n_fail = len(solver.failures)
             env[node] = _call(flow, registry, node)
+            for reason in solver.failures[n_fail:]:
+                flow.barriers.append(Barrier(node.name, str(node.target), f"unification failed: {reason}"))
         elif node.op == "output":
             _output(flow, node)
         else:

@@ -39,6 +39,7 @@ class Solver:
     frozen: dict[Sym, list[tuple[str, str]]] = field(default_factory=dict)
     approx: dict[Sym, list[str]] = field(default_factory=dict)
     tags: dict[Sym, set[str]] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)  # failed unifications, in order
 
     # ------------------------------------------------------------------ symbols
     def new_sym(self, size: int, origin: str) -> Sym:
@@ -177,6 +178,7 @@ class Solver:
         return True
 
     def _fail(self, a: Dim, b: Dim, reason: str) -> bool:
+        self.failures.append(reason)
         self.freeze(a, "barrier", reason)
         self.freeze(b, "barrier", reason)
         return False

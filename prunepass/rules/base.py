@@ -24,6 +24,9 @@ TensorDims = list[Dim]
 Outputs = TensorDims | tuple[TensorDims | None, ...] | None
 Rule = Callable[["RuleContext", fx.Node], Outputs]
 
+#: node.meta key of the expressions a rule saved for the rewrite
+NOTES_KEY = "prunepass.notes"
+
 
 class Unsupported(Exception):  # noqa: N818 - a control-flow signal, not an error
     """Raised by a rule for arguments it does not handle; the node becomes a barrier."""
@@ -174,6 +177,11 @@ class RuleContext:
 
     def size(self, d: Dim) -> int:
         return self.solver.size(d)
+
+    def note(self, key: str, d: Dim) -> None:
+        """Remember a channel expression the rewrite needs to recompute an argument
+        (slice offsets, depthwise ``groups``)."""
+        self.node.meta.setdefault(NOTES_KEY, {})[key] = d
 
 
 def tensor_args(node: fx.Node) -> Iterable[fx.Node]:

@@ -212,10 +212,14 @@ def slice_(ctx: RuleContext, node: fx.Node) -> TensorDims:
         out[d] = Dim.const(ctx.out_shape()[d])
         return out
     if (start, end) == (0, n):
+        ctx.note("start", Dim.const(0))
+        ctx.note("length", x[d])
         return out
     parts = [ctx.fresh(start, "before") if start else None, ctx.fresh(end - start, "kept"),
              ctx.fresh(n - end, "after") if end < n else None]
     ctx.unify(x[d], Dim.cat([p for p in parts if p is not None]), "slice segments")
+    ctx.note("start", parts[0] if parts[0] is not None else Dim.const(0))
+    ctx.note("length", parts[1])
     out[d] = parts[1]
     return out
 

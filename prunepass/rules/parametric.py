@@ -80,6 +80,7 @@ def conv_common(ctx: RuleContext, node: fx.Node, k: int, transposed: bool, group
             ctx.unify(w[0], out, "depthwise weight rows")
         ctx.role(w_arg, 0, "inout")
         ctx.tag(x[cdim], "depthwise")
+        ctx.note("groups", x[cdim])
     elif transposed:
         ctx.unify(x[cdim], w[0], "transposed conv input channels")
         ctx.role(w_arg, 0, "in")
