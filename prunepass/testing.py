@@ -35,6 +35,7 @@ class _Fn(nn.Module):
 @dataclass(frozen=True)
 class RuleCheck:
     pruned: dict[Sym, int]  # symbol -> channels removed
+    origins: tuple[str, ...]  # where each pruned symbol was created
     max_abs_err: float
 
 
@@ -96,4 +97,5 @@ def check_rule(fn: Callable, *inputs: torch.Tensor, seed: int = 0, registry: Reg
         torch.testing.assert_close(g, expected, atol=atol, rtol=rtol)
         if expected.numel():
             worst = max(worst, float((g - expected).abs().max()))
-    return RuleCheck({s: flow.solver.size_of(s) - len(v) for s, v in keep.items()}, worst)
+    return RuleCheck({s: flow.solver.size_of(s) - len(v) for s, v in keep.items()},
+                     tuple(flow.solver.infos[s.id].origin for s in keep), worst)

@@ -28,6 +28,7 @@ def sdpa(ctx: RuleContext, node: fx.Node) -> TensorDims:
     if ctx.arg(7, "scale") is None:
         ctx.approx(q[-1], "attention scale 1/sqrt(head_dim) depends on this dim")
     ctx.unify(k[-2], v[-2], "key/value sequence")
+    ctx.approx(k[-2], "softmax normalises over the key sequence")
     kb, vb = k[:-2], v[:-2]
     for a, b in zip(kb, vb, strict=True):
         ctx.unify(a, b, "key/value batch and heads")

@@ -82,6 +82,9 @@ def conv_common(ctx: RuleContext, node: fx.Node, k: int, transposed: bool, group
         ctx.tag(x[cdim], "depthwise")
         ctx.note("groups", x[cdim])
     elif transposed:
+        if groups > 1:
+            ci = ctx.fresh(w_shape[0] // groups, "in_per_group")
+            ctx.unify(w[0], Dim.prod([groups, ci]), "grouped transposed conv input layout")
         ctx.unify(x[cdim], w[0], "transposed conv input channels")
         ctx.role(w_arg, 0, "in")
         ctx.role(w_arg, 1, "out")
@@ -158,6 +161,13 @@ def batch_norm(ctx: RuleContext, node: fx.Node):
     stats follow the channel.  Statistics are per channel, so pruning is exact."""
     x = ctx.need(node.args[0], "input")
     c = x[1] if len(x) > 1 else x[0]
+    op = str(node.target)
+    if op.startswith("aten.instance_norm"):
+        for d in x[2:]:
+            ctx.approx(d, "instance statistics over spatial dims")
+    elif _batch_stats(node):
+        for d in [x[0], *x[2:]]:
+            ctx.approx(d, "batch statistics over batch and spatial dims")
     for i in range(1, 5):
         a = ctx.arg(i)
         d = ctx.dims(a)
@@ -169,6 +179,17 @@ def batch_norm(ctx: RuleContext, node: fx.Node):
         return tuple([x] + [[c] if (hasattr(v, "shape") and len(v.shape) == 1 and v.shape[0] == ctx.size(c))
                             else None for v in val[1:]])
     return x
+
+
+def _batch_stats(node: fx.Node) -> bool:
+    """Does this batch norm normalise with batch statistics (training mode)?"""
+    op = str(node.target)
+    if op == "aten.batch_norm.default":
+        return bool(node.args[5])
+    if op in ("aten._native_batch_norm_legit_functional.default", "aten.native_batch_norm.default",
+              "aten._native_batch_norm_legit.default"):
+        return bool(node.args[5])
+    return False
 
 
 def layer_norm(ctx: RuleContext, node: fx.Node):
@@ -197,6 +218,8 @@ def group_norm(ctx: RuleContext, node: fx.Node):
     g = int(node.args[1]) if str(node.target) == "aten.group_norm.default" else int(node.args[6])
     c = x[1]
     size = ctx.size(c)
+    for d in x[2:]:
+        ctx.approx(d, "group statistics over spatial dims")
     if g > 1:
         per = ctx.fresh(size // g, "per_group")
         ctx.unify(c, Dim.prod([g, per]), "group norm layout")

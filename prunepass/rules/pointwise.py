@@ -86,7 +86,11 @@ def register(reg: Registry) -> None:
     reg.register(*overloads(*CREATE))(create)
     reg.register(*overloads("tril.default", "triu.default", "tril_.default", "triu_.default"))(tri)
     reg.register(*overloads("prelu.default", "_prelu_kernel.default"))(prelu)
-    reg.register(*overloads("constant_pad_nd.default"))(constant_pad)
+    reg.register(*overloads("constant_pad_nd.default", "pad.default", "reflection_pad1d.default",
+                            "reflection_pad2d.default", "replication_pad1d.default",
+                            "replication_pad2d.default"))(constant_pad)
+    reg.register(*overloads("_assert_tensor_metadata.default", "_assert_scalar.default",
+                            "sym_constrain_range_for_size.default", "_assert_async.msg"))(assertion)
 
 
 def unary(ctx: RuleContext, node: fx.Node) -> TensorDims:
@@ -246,3 +250,8 @@ def constant_pad(ctx: RuleContext, node: fx.Node) -> TensorDims:
             ctx.fix(x[d], "padded dim")
             out[d] = Dim.const(shape[d])
     return out
+
+
+def assertion(ctx: RuleContext, node: fx.Node) -> None:
+    """Run-time checks inserted by export: no result, no effect on channels."""
+    return None
