@@ -132,7 +132,9 @@ class Solver:
             return self._bind(sb, a, why)
         if len(a.segs) > 1 or len(b.segs) > 1:
             pairs = _align_sum([self.size(Dim((s,))) for s in a.segs], [self.size(Dim((s,))) for s in b.segs])
-            if pairs is None or (len(pairs) == 1 and len(a.segs) > 1 and len(b.segs) > 1):
+            if pairs is None or len(pairs) == 1:  # no finer alignment: no progress possible
+                if self._refine_outer(a, b) or self._refine_outer(b, a):
+                    return self._unify(a, b, why)
                 return self._fail(a, b, f"{why}: cannot align layouts {a!r} and {b!r}")
             ok = True
             for ra, rb in pairs:
@@ -148,6 +150,19 @@ class Solver:
         for ra, rb in pairs:
             ok &= self._unify(Dim.prod(fa[ra]), Dim.prod(fb[rb]), why)
         return ok
+
+    def _refine_outer(self, prod: Dim, cat: Dim) -> bool:
+        """``s*R`` against ``x + y + ...``: split the outermost symbol ``s`` into pieces so that
+        ``(s1 + s2 + ...)*R`` distributes into segments at the Cat's boundaries."""
+        if len(prod.segs) != 1 or len(cat.segs) < 2 or not isinstance(prod.segs[0][0], Sym):
+            return False
+        s, rest = prod.segs[0][0], prod.segs[0][1:]
+        r = self.size(Dim.prod(rest)) if rest else 1
+        sizes = [self.size(Dim((seg,))) for seg in cat.segs]
+        if any(n % r for n in sizes):
+            return False
+        pieces = [Dim.sym(self.new_sym(n // r, f"{self.infos[s.id].origin}/piece")) for n in sizes]
+        return self._bind(s, Dim.cat(pieces), "refine outer factor")
 
     def _union(self, a: Sym, b: Sym) -> None:
         ra, rb = self.find(a), self.find(b)

@@ -76,6 +76,8 @@ CASES = [
     ("flatten", lambda x: torch.flatten(x, 1), (r(2, 6, 3, 3),), True),
     ("unflatten", lambda x: x.unflatten(-1, (3, 4)), (r(2, 12),), True),
     ("head_split", lambda x: x.view(2, 5, 3, 4).transpose(1, 2).reshape(2, 3 * 5, 4), (r(2, 5, 12),), True),
+    ("channel_shuffle", lambda x, y: torch.cat([x, y], 1).view(2, 2, 3, 4).transpose(1, 2).reshape(2, 6, 4), (r(2, 3, 4), r(2, 3, 4)), True),
+    ("shuffle_then_chunk", lambda x, y: torch.cat([x, y], 1).view(2, 2, 4, 3).transpose(1, 2).reshape(2, 8, 3).chunk(2, dim=1)[0], (r(2, 4, 3), r(2, 4, 3)), True),
     ("permute", lambda x: x.permute(0, 2, 3, 1).contiguous(), (r(2, 6, 3, 3),), True),
     ("squeeze_unsqueeze", lambda x: x.unsqueeze(1).squeeze(1).unsqueeze(-1), (r(2, 6),), True),
     ("expand", lambda x: x[:, :, None].expand(2, 6, 4) * 1.0, (r(2, 6),), True),

@@ -68,8 +68,8 @@ def _split_factors(ctx: RuleContext, src: Dim, targets: list[int]) -> list[Dim]:
     if len(targets) == 1:
         return [src]
     src = ctx.solver.norm(src)
-    if len(src.segs) != 1:
-        raise Unsupported(f"cannot split the concatenation {src!r} into {targets}")
+    if len(src.segs) > 1:
+        src = _cat_as_product(ctx, src, targets[0])
     factors = src.segs[0]
     sizes = [ctx.solver.size(f) for f in factors]
     pairs = _align_prod(sizes, targets)
@@ -89,6 +89,18 @@ def _split_factors(ctx: RuleContext, src: Dim, targets: list[int]) -> list[Dim]:
         else:
             raise Unsupported(f"reshape both merges and splits {Dim.prod(fs)!r} into {list(ts)}")
     return out
+
+
+def _cat_as_product(ctx: RuleContext, src: Dim, k: int) -> Dim:
+    """``a + b`` viewed as ``(2, n)`` (channel shuffle): element (i, j) is channel j of segment
+    i, so the segments must prune the same channels; they unify and the dim is ``k*a``."""
+    segs = [Dim((seg,)) for seg in src.segs]
+    sizes = {ctx.solver.size(s) for s in segs}
+    if len(segs) != k or len(sizes) != 1:
+        raise Unsupported(f"cannot split the concatenation {src!r} into a leading dim of {k}")
+    for other in segs[1:]:
+        ctx.unify(segs[0], other, "segments viewed as one row each (channel shuffle)")
+    return ctx.solver.norm(Dim.prod([k, segs[0]]))
 
 
 def permute(ctx: RuleContext, node: fx.Node) -> TensorDims:
