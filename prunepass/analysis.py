@@ -44,8 +44,8 @@ class Analysis:
             if node.op != "placeholder":
                 continue
             gi = self.captured.inputs.get(node.name)
-            if gi is None or gi.kind not in ("parameter", "buffer"):
-                continue
+            if gi is None or gi.kind not in ("parameter", "buffer") or not node.users:
+                continue  # unused by this entry point: never touched
             dims = self.flow.env.get(node) or []
             shape = tuple(int(s) for s in node.meta["val"].shape)
             for axis, d in enumerate(dims):
