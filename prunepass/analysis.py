@@ -304,15 +304,24 @@ def analyze(
     registry: Registry | None = None,
     strict: bool = False,
     max_prunable_labels: int | None = None,
+    eager_compatible: bool = True,
 ) -> Analysis:
-    """Capture ``model`` and find its prunable channel groups."""
+    """Capture ``model`` and find its prunable channel groups.
+
+    ``eager_compatible`` adds the size ties that ordinary eager code assumes: one ``head_dim``
+    for queries, keys and values, and equal pieces for ``chunk`` / ``split(x, size)``.  Set it
+    False to prune those independently; the pruned exported program supports that, a typical
+    eager module does not."""
     captured = capture(model, dummy_input, entry_point, strict=strict)
-    return analyze_captured(captured, registry=registry, max_prunable_labels=max_prunable_labels)
+    return analyze_captured(captured, registry=registry, max_prunable_labels=max_prunable_labels,
+                            eager_compatible=eager_compatible)
 
 
 def analyze_captured(
-    captured: Captured, *, registry: Registry | None = None, max_prunable_labels: int | None = None
+    captured: Captured, *, registry: Registry | None = None, max_prunable_labels: int | None = None,
+    eager_compatible: bool = True,
 ) -> Analysis:
     t0 = time.perf_counter()
-    flow = propagate(captured, registry if registry is not None else default_registry())
+    flow = propagate(captured, registry if registry is not None else default_registry(),
+                     {"eager_compatible": eager_compatible})
     return Analysis(flow, time.perf_counter() - t0, max_prunable_labels)

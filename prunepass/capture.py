@@ -49,6 +49,8 @@ class Captured:
     inputs: dict[str, GraphInput]
     export_seconds: float
     warnings: tuple[str, ...] = field(default=())
+    #: placeholder -> earlier placeholder holding the same tensor (tied weights)
+    aliases: dict[str, str] = field(default_factory=dict)
 
     def fqn(self, placeholder: str) -> str | None:
         gi = self.inputs.get(placeholder)
@@ -156,7 +158,24 @@ def capture(
             tgt = tgt[len(prefix):]
         inputs[name] = GraphInput(name=name, kind=kind, target=tgt if kind != "input" else name)
     log.debug("captured %s in %.3fs (%d graph inputs)", entry_point, seconds, len(inputs))
-    return Captured(program, model, entry_point, args, kwargs, inputs, seconds)
+    return Captured(program, model, entry_point, args, kwargs, inputs, seconds, aliases=_aliases(model, inputs))
+
+
+def _aliases(model: nn.Module, inputs: dict[str, GraphInput]) -> dict[str, str]:
+    """Placeholders whose tensors are the same object as an earlier placeholder's (tied weights)."""
+    ids = {name: id(t) for name, t in model.named_parameters(remove_duplicate=False)}
+    ids |= {name: id(t) for name, t in model.named_buffers(remove_duplicate=False)}
+    first: dict[int, str] = {}
+    out: dict[str, str] = {}
+    for name, gi in inputs.items():
+        if gi.kind not in ("parameter", "buffer") or gi.target not in ids:
+            continue
+        key = ids[gi.target]
+        if key in first:
+            out[name] = first[key]
+        else:
+            first[key] = name
+    return out
 
 
 def _check_signature(fn: Any, args: tuple, kwargs: dict, entry_point: str) -> None:

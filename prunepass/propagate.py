@@ -42,18 +42,19 @@ class Dataflow:
     roles: dict[tuple[str, int], str]
     barriers: list[Barrier] = field(default_factory=list)
     placeholder_kinds: dict[str, str] = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
 
     @property
     def graph(self) -> fx.Graph:
         return self.captured.program.graph
 
 
-def propagate(captured: Captured, registry: Registry) -> Dataflow:
-    """Run the channel dataflow over ``captured``'s graph."""
+def propagate(captured: Captured, registry: Registry, options: dict | None = None) -> Dataflow:
+    """Run the channel dataflow over ``captured``'s graph.  ``options`` reach every rule."""
     solver = Solver()
     env: dict[fx.Node, Outputs] = {}
     kinds = {name: gi.kind for name, gi in captured.inputs.items()}
-    flow = Dataflow(captured, solver, env, {}, placeholder_kinds=kinds)
+    flow = Dataflow(captured, solver, env, {}, placeholder_kinds=kinds, options=dict(options or {}))
     for node in captured.program.graph.nodes:
         if node.op == "placeholder":
             env[node] = _placeholder(flow, node)
@@ -72,6 +73,9 @@ def propagate(captured: Captured, registry: Registry) -> Dataflow:
 
 
 def _placeholder(flow: Dataflow, node: fx.Node) -> Outputs:
+    alias = flow.captured.aliases.get(node.name)
+    if alias is not None:  # a tied weight: the very same channels as its first occurrence
+        return next(flow.env[n] for n in flow.env if n.name == alias)
     val = node.meta.get("val")
     if not isinstance(val, torch.Tensor):
         return None
@@ -100,7 +104,7 @@ def _call(flow: Dataflow, registry: Registry, node: fx.Node) -> Outputs:
             return src[node.args[1]]
         return None
     rule = registry.get(node.target)
-    ctx = RuleContext(flow.solver, flow.env, node, flow.roles, flow.placeholder_kinds)
+    ctx = RuleContext(flow.solver, flow.env, node, flow.roles, flow.placeholder_kinds, options=flow.options)
     if rule is None:
         return _barrier(flow, node, f"no rule for {node.target}; register one with "
                         f"Registry.register({_qualified(node.target)})")

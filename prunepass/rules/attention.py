@@ -27,6 +27,10 @@ def sdpa(ctx: RuleContext, node: fx.Node) -> TensorDims:
     ctx.tag(v[-1], "head_dim")
     if ctx.arg(7, "scale") is None:
         ctx.approx(q[-1], "attention scale 1/sqrt(head_dim) depends on this dim")
+    if ctx.options.get("eager_compatible", True) and sq[-1] == sv[-1]:
+        # eager attention code keeps one head_dim for q, k and v: keep their sizes equal so the
+        # pruned module stays rebuildable (analyze(..., eager_compatible=False) lifts this)
+        ctx.unify(q[-1], v[-1], "one head_dim for queries, keys and values")
     ctx.unify(k[-2], v[-2], "key/value sequence")
     ctx.approx(k[-2], "softmax normalises over the key sequence")
     kb, vb = k[:-2], v[:-2]
@@ -49,5 +53,4 @@ def sdpa(ctx: RuleContext, node: fx.Node) -> TensorDims:
         scores = batch + [q[-2], k[-2]]
         shape_scores = tuple(sq[:-1]) + (sk[-2],)
         broadcast(ctx, [(scores, shape_scores), (md, ctx.shape(mask))])
-    del sv
     return out

@@ -97,6 +97,7 @@ class RuleContext:
     roles: dict[tuple[str, int], str] = field(default_factory=dict)
     placeholder_kinds: dict[str, str] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
 
     # ---------------------------------------------------------------- reading
     @property

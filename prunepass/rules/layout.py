@@ -195,7 +195,13 @@ def split(ctx: RuleContext, node: fx.Node) -> tuple[TensorDims, ...]:
         ctx.unify(x[d], Dim.cat([Dim.const(1)] * len(vals)), "unbind")
         return tuple(x[:d] + x[d + 1:] for _ in vals)
     d = norm_dim(int(ctx.arg(2, "dim", 0)), len(x))
-    pieces = [ctx.fresh(int(v.shape[d]), f"piece{k}") for k, v in enumerate(vals)]
+    sizes = [int(v.shape[d]) for v in vals]
+    if len(sizes) > 1 and len(set(sizes)) == 1 and ctx.options.get("eager_compatible", True):
+        # equal pieces come from code like chunk(2) or split(x, C // 2): keep them equal
+        piece = ctx.fresh(sizes[0], "piece")
+        pieces = [piece] * len(sizes)
+    else:
+        pieces = [ctx.fresh(n, f"piece{k}") for k, n in enumerate(sizes)]
     ctx.unify(x[d], Dim.cat(pieces), "split pieces")
     return tuple(x[:d] + [p] + x[d + 1:] for p in pieces)
 
