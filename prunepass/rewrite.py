@@ -16,6 +16,7 @@ import torch
 from torch import fx, nn
 
 from prunepass.analysis import Analysis
+from prunepass.dims import Dim, Sym
 from prunepass.errors import RewriteError
 from prunepass.plan import Plan
 from prunepass.program import _SHAPE_AS_ARG1, _SPLITS, Resizer, _rewrite_node
@@ -172,7 +173,7 @@ def _fix_attention_attrs(model: nn.Module, analysis: Analysis, plan: Plan) -> No
         except AttributeError:
             continue
         q, k = analysis.flow.env[node.args[0]], analysis.flow.env[node.args[1]]
-        heads, hd, kv = rs.size(q[-3]), rs.size(q[-1]), rs.size(k[-3])
+        heads, hd, kv = rs.size(q[-3]), rs.size(q[-1]), rs.size(_without_repeats(analysis, k[-3]))
         _set_first(mod, HEAD_ATTRS, heads)
         _set_first(mod, HEAD_DIM_ATTRS, hd)
         _set_first(mod, KV_HEAD_ATTRS, kv)
@@ -182,6 +183,16 @@ def _fix_attention_attrs(model: nn.Module, analysis: Analysis, plan: Plan) -> No
         for name in ("all_head_size", "inner_dim"):
             if isinstance(getattr(mod, name, None), int):
                 setattr(mod, name, heads * hd)
+
+
+def _without_repeats(analysis: Analysis, d: Any) -> Any:
+    """Key heads before grouped-query expansion: drop factors made by expand (tag 'repeat')."""
+    nd = analysis.flow.solver.norm(d)
+    if len(nd.segs) != 1:
+        return nd
+    tags = analysis.flow.solver.tags
+    kept = [f for f in nd.segs[0] if not (isinstance(f, Sym) and "repeat" in tags.get(f, ()))]
+    return Dim.prod(kept)
 
 
 def _set_first(mod: nn.Module, names: tuple[str, ...], value: int) -> None:
@@ -261,14 +272,17 @@ def _hardcoded_message(analysis: Analysis, plan: Plan, why: str) -> str:
 
 
 # ---------------------------------------------------------------------- program rewrite
-def prune_program(analysis: Analysis, plan: Plan, *, export: bool = True) -> Any:
+def prune_program(analysis: Analysis, plan: Plan, *, model: nn.Module | None = None, export: bool = True) -> Any:
     """The exported program with parameters sliced and every shape constant recomputed.
 
     Returns a ``torch.export.ExportedProgram`` (``export=True``) or the runnable unlifted
-    ``GraphModule`` (``export=False``), with parameters at their original FQNs.
+    ``GraphModule`` (``export=False``), with parameters at their original FQNs.  Weights come
+    from the captured program, or from ``model`` (same architecture) when given.
     """
     plan.validate(analysis)
     gm = analysis.program.module()
+    if model is not None:
+        _load_weights(gm, model)
     rs = Resizer(analysis.flow, analysis.keep_map({n: list(k) for n, k in plan.keep.items()}))
     old_by_name = {n.name: n for n in analysis.flow.graph.nodes}
     for node in gm.graph.nodes:
@@ -288,3 +302,17 @@ def prune_program(analysis: Analysis, plan: Plan, *, export: bool = True) -> Any
     if not export:
         return gm
     return torch.export.export(gm, analysis.captured.args, analysis.captured.kwargs, strict=False)
+
+
+def _load_weights(gm: nn.Module, model: nn.Module) -> None:
+    """Point ``gm``'s parameters and buffers at copies of ``model``'s (by FQN)."""
+    src = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
+    for table_owner in gm.modules():
+        prefix = next((n for n, m in gm.named_modules() if m is table_owner), "")
+        for table in (table_owner._parameters, table_owner._buffers):
+            for key, val in list(table.items()):
+                fqn = f"{prefix}.{key}" if prefix else key
+                if val is None or fqn not in src:
+                    continue
+                new = src[fqn].detach().clone()
+                table[key] = nn.Parameter(new, requires_grad=val.requires_grad) if isinstance(val, nn.Parameter) else new

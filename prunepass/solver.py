@@ -133,7 +133,7 @@ class Solver:
         if len(a.segs) > 1 or len(b.segs) > 1:
             pairs = _align_sum([self.size(Dim((s,))) for s in a.segs], [self.size(Dim((s,))) for s in b.segs])
             if pairs is None or len(pairs) == 1:  # no finer alignment: no progress possible
-                if self._refine_outer(a, b) or self._refine_outer(b, a):
+                if self._split_at_boundaries(a, b) | self._split_at_boundaries(b, a):
                     return self._unify(a, b, why)
                 return self._fail(a, b, f"{why}: cannot align layouts {a!r} and {b!r}")
             ok = True
@@ -151,18 +151,29 @@ class Solver:
             ok &= self._unify(Dim.prod(fa[ra]), Dim.prod(fb[rb]), why)
         return ok
 
-    def _refine_outer(self, prod: Dim, cat: Dim) -> bool:
-        """``s*R`` against ``x + y + ...``: split the outermost symbol ``s`` into pieces so that
-        ``(s1 + s2 + ...)*R`` distributes into segments at the Cat's boundaries."""
-        if len(prod.segs) != 1 or len(cat.segs) < 2 or not isinstance(prod.segs[0][0], Sym):
-            return False
-        s, rest = prod.segs[0][0], prod.segs[0][1:]
-        r = self.size(Dim.prod(rest)) if rest else 1
-        sizes = [self.size(Dim((seg,))) for seg in cat.segs]
-        if any(n % r for n in sizes):
-            return False
-        pieces = [Dim.sym(self.new_sym(n // r, f"{self.infos[s.id].origin}/piece")) for n in sizes]
-        return self._bind(s, Dim.cat(pieces), "refine outer factor")
+    def _split_at_boundaries(self, a: Dim, b: Dim) -> bool:
+        """Cut the segments of ``a`` at the segment boundaries of ``b`` that fall inside them.
+
+        A segment ``s*R`` (outermost symbol ``s``, the rest of size ``r``) cut at offsets that
+        are multiples of ``r`` becomes ``(s1 + s2 + ...)*R``: ``s`` is bound to the pieces.
+        Returns whether anything was bound."""
+        cuts = set(_prefix(self.size(Dim((seg,))) for seg in b.segs))
+        changed = False
+        offset = 0
+        for seg in a.segs:
+            n = self.size(Dim((seg,)))
+            inner = sorted(c - offset for c in cuts if offset < c < offset + n)
+            offset += n
+            if not inner or not isinstance(seg[0], Sym):
+                continue
+            r = self.size(Dim.prod(seg[1:])) if len(seg) > 1 else 1
+            if any(c % r for c in inner):
+                continue
+            edges = [0] + [c // r for c in inner] + [n // r]
+            pieces = [Dim.sym(self.new_sym(hi - lo, f"{self.infos[seg[0].id].origin}/piece"))
+                      for lo, hi in zip(edges, edges[1:], strict=False)]
+            changed |= self._bind(seg[0], Dim.cat(pieces), "cut at a boundary")
+        return changed
 
     def _union(self, a: Sym, b: Sym) -> None:
         ra, rb = self.find(a), self.find(b)
@@ -211,6 +222,14 @@ class _SizeView(dict):
 
     def __getitem__(self, s: Sym) -> int:
         return self._solver.size_of(s)
+
+
+def _prefix(sizes) -> list[int]:
+    out, total = [], 0
+    for n in sizes:
+        total += n
+        out.append(total)
+    return out
 
 
 def _align_sum(xs: list[int], ys: list[int]) -> list[tuple[slice, slice]] | None:

@@ -155,7 +155,9 @@ def expand(ctx: RuleContext, node: fx.Node) -> TensorDims:
         if i >= 0 and in_shape[i] == n:
             out.append(x[i])
         else:
-            out.append(ctx.fresh(n, f"expand{j}"))
+            d = ctx.fresh(n, f"expand{j}")
+            ctx.tag(d, "repeat")
+            out.append(d)
     return out
 
 
