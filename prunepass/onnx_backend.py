@@ -200,3 +200,206 @@ def model_bytes(proto: Any) -> bytes:
     buf = io.BytesIO()
     buf.write(proto.SerializeToString())
     return buf.getvalue()
+
+
+# ---------------------------------------------------------------------- fast candidate path
+class OnnxTemplate:
+    """Time pruning candidates without re-exporting from torch.
+
+    The original program is exported once (unoptimised, so initializers keep their FQN names
+    and every ONNX node records the FX node it came from).  A candidate is made by slicing the
+    initializers with the plan's index maps and recomputing the shape constants of the ONNX
+    nodes that come from view / reshape / expand / split / slice nodes, and the ``group`` of
+    depthwise convolutions, from the same expressions the program rewrite uses.  Sizes derived
+    at run time (Shape ops) adapt by themselves; onnxruntime folds them when it loads the model.
+    Each candidate is checked once against the pruned program in torch (``check=True``)."""
+
+    def __init__(self, analysis: Any, opset: int = DEFAULT_OPSET) -> None:
+        import onnx
+
+        self.analysis = analysis
+        t0 = time.perf_counter()
+        # decompose the way the ONNX exporter will, so its node names are the FX names we analyse
+        self.flow = _onnx_friendly_flow(analysis)
+        self._sym_map = _symbol_map(analysis, self.flow)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prog = torch.onnx.export(self.flow.captured.program, analysis.captured.args,
+                                     kwargs=analysis.captured.kwargs or None, dynamo=True, optimize=False,
+                                     opset_version=opset, verbose=False)
+        self.proto = prog.model_proto
+        self.export_seconds = time.perf_counter() - t0
+        self._arrays = {i.name: onnx.numpy_helper.to_array(i) for i in self.proto.graph.initializer}
+        self._fx = {n.name: n for n in self.flow.graph.nodes}
+
+    def _origin(self, node: Any) -> Any:
+        for p in node.metadata_props:
+            if p.key == "pkg.torch.onnx.fx_node":
+                name = p.value.split(":", 1)[0].strip().lstrip("%")
+                return self._fx.get(name)
+        return None
+
+    def candidate(self, plan: Any) -> Any:
+        """An ONNX model of the pruned network (weights sliced, shapes recomputed)."""
+        import onnx
+        from onnx import numpy_helper
+
+        from prunepass.program import Resizer, _rewrite_node
+
+        a = self.analysis
+        keep = {n: list(k) for n, k in plan.keep.items()}
+        sym_keep = a.keep_map(keep)
+        missing = [s for s in sym_keep if s not in self._sym_map]
+        if missing:
+            raise OnnxExportError(f"fast path cannot map {len(missing)} group(s) onto the ONNX program; "
+                                  "use the full export for this plan")
+        rs = Resizer(self.flow, {self._sym_map[s]: idx for s, idx in sym_keep.items()})
+        model = onnx.ModelProto()
+        model.CopyFrom(self.proto)
+        g = model.graph
+        del g.value_info[:]  # recorded intermediate shapes are the unpruned ones
+        touched: dict[str, dict[int, list[int]]] = {}
+        for name in plan.keep:
+            for m in a.group(name).members:
+                touched.setdefault(m.fqn, {})[m.axis] = a.kept_indices(m.fqn, m.axis, keep)
+        for init in g.initializer:
+            axes = touched.get(init.name)
+            if axes:
+                arr = self._arrays[init.name]
+                for axis, idx in axes.items():
+                    arr = np.take(arr, idx, axis=axis)
+                init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(arr), init.name))
+        scratch = fx_graph_node_args(self._fx, rs, _rewrite_node)
+        new_inits = []
+        for node in g.node:
+            origin = self._origin(node)
+            if origin is None or origin.name not in scratch:
+                continue
+            for index, value in _shape_patches(node, scratch[origin.name]):
+                if index == "group":
+                    for attr in node.attribute:
+                        if attr.name == "group":
+                            attr.i = int(value)
+                    continue
+                cname = f"prunepass_shape_{len(new_inits)}"
+                new_inits.append(numpy_helper.from_array(np.asarray(value, dtype=np.int64), cname))
+                node.input[index] = cname
+        g.initializer.extend(new_inits)
+        return model
+
+    def measure(self, plan: Any, check: bool = True, **latency_kwargs: Any) -> LatencyStats:
+        """Latency of the candidate (see :func:`measure_latency` for the keyword arguments)."""
+        proto = self.candidate(plan)
+        sess = _session(proto, latency_kwargs.get("threads", 1), latency_kwargs.get("provider", "CPUExecutionProvider"))
+        args, kwargs = self.analysis.captured.args, self.analysis.captured.kwargs
+        feeds = _feeds(sess, args, kwargs)
+        if check:
+            self.check(plan, sess, feeds)
+        return measure_latency(None, feeds, session=sess, **latency_kwargs)
+
+    def check(self, plan: Any, sess: Any, feeds: dict[str, np.ndarray]) -> None:
+        from prunepass.rewrite import prune_program
+
+        program = prune_program(self.analysis, plan, export=False)
+        with torch.no_grad():
+            ref = program(*self.analysis.captured.args, **self.analysis.captured.kwargs)
+        ref_flat = [t.numpy() for t in torch.utils._pytree.tree_flatten(ref)[0] if isinstance(t, torch.Tensor)]
+        try:
+            got = sess.run(None, feeds)
+        except Exception as exc:  # noqa: BLE001
+            raise OnnxExportError(f"fast-path candidate does not run in onnxruntime: {exc}") from exc
+        for r, o in zip(ref_flat, got, strict=True):
+            if r.shape != o.shape or not np.allclose(r, o, atol=1e-3, rtol=1e-3):
+                raise OnnxExportError("fast-path candidate differs from the pruned program; "
+                                      "use the full export for this model")
+
+
+def fx_graph_node_args(fx_nodes: dict[str, Any], rs: Any, rewrite: Any) -> dict[str, tuple]:
+    """New arguments of every FX node the plan changes (computed on throwaway copies)."""
+    from torch import fx as _fx
+
+    out: dict[str, tuple] = {}
+    scratch = _fx.Graph()
+    for name, node in fx_nodes.items():
+        if node.op != "call_function":
+            continue
+        ph = scratch.placeholder(f"x_{name}")
+        copy_node = scratch.call_function(node.target, (ph, *node.args[1:]), dict(node.kwargs))
+        before = (copy_node.target, tuple(copy_node.args[1:]))
+        rewrite(node, copy_node, rs)
+        after = (copy_node.target, tuple(copy_node.args[1:]))
+        if after != before:
+            out[name] = (copy_node.target, tuple(copy_node.args))
+    return out
+
+
+def _shape_patches(node: Any, new: tuple) -> list[tuple[Any, Any]]:
+    """[(input index or "group", new value)] for an ONNX node whose FX origin was rewritten."""
+    target, args = new
+    op = str(target)
+    n_in = len(node.input)
+    if node.op_type in ("Reshape", "Expand") and n_in > 1 and op.startswith(
+            ("aten.view", "aten.reshape", "aten._unsafe_view", "aten.expand")):
+        return [(1, list(args[1]))]
+    if node.op_type in ("Split", "SplitToSequence") and op.startswith("aten.split_with_sizes") and n_in > 1:
+        return [(1, list(args[1]))]
+    if node.op_type == "Slice" and op.startswith("aten.slice") and n_in > 2:
+        return [(1, [int(args[2])]), (2, [int(args[3])])]
+    if node.op_type == "Conv" and op.startswith(("aten.conv", "aten.convolution")):
+        return [("group", int(args[-1]))]
+    return []
+
+
+def _onnx_friendly_flow(analysis: Any) -> Any:
+    """Dataflow over the program decomposed with the ONNX exporter's own table."""
+    from torch.onnx._internal.exporter import _fx_passes, _registration
+
+    from prunepass.capture import Captured, GraphInput
+    from prunepass.propagate import propagate
+    from prunepass.rules import default_registry
+
+    ep = _fx_passes.decompose_with_registry(analysis.program, _registration.ONNXRegistry.from_torchlib())
+    cap = analysis.captured
+    inputs = {}
+    for spec in ep.graph_signature.input_specs:
+        name = getattr(spec.arg, "name", None)
+        old = next((gi for gi in cap.inputs.values() if spec.target is not None and gi.target == spec.target), None)
+        if name is not None:
+            inputs[name] = GraphInput(name, old.kind if old else "input", old.target if old else name)
+    by_target: dict[str, str] = {}
+    for name, gi in inputs.items():
+        if gi.kind in ("parameter", "buffer"):
+            by_target.setdefault(gi.target, name)
+    aliases = {}
+    for alias, canon in cap.aliases.items():
+        ta, tc = cap.inputs[alias].target, cap.inputs[canon].target
+        if ta in by_target and tc in by_target:
+            aliases[by_target[ta]] = by_target[tc]
+    captured = Captured(ep, cap.model, cap.entry_point, cap.args, cap.kwargs, inputs, 0.0, aliases=aliases)
+    return propagate(captured, default_registry(), analysis.flow.options)
+
+
+def _symbol_map(analysis: Any, flow: Any) -> dict:
+    """Symbol of the original analysis -> symbol of ``flow``, matched through parameter axes."""
+    from prunepass.dims import Dim, Sym
+
+    out: dict = {}
+
+    def walk(x: Any, y: Any) -> None:
+        if isinstance(x, Sym) and isinstance(y, Sym):
+            out.setdefault(x, y)
+        elif isinstance(x, Dim) and isinstance(y, Dim) and len(x.segs) == len(y.segs):
+            for sx, sy in zip(x.segs, y.segs, strict=True):
+                if len(sx) == len(sy):
+                    for fx_, fy in zip(sx, sy, strict=True):
+                        walk(fx_, fy)
+
+    for node in flow.graph.nodes:
+        gi = flow.captured.inputs.get(node.name) if node.op == "placeholder" else None
+        if gi is None or gi.kind not in ("parameter", "buffer") or not node.users:
+            continue
+        for axis, d in enumerate(flow.env.get(node) or []):
+            mine = analysis.axis_expr(gi.target, axis)
+            if mine is not None:
+                walk(mine, flow.solver.norm(d))
+    return out
