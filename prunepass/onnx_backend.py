@@ -230,6 +230,7 @@ class OnnxTemplate:
         self.proto = prog.model_proto
         self.export_seconds = time.perf_counter() - t0
         self._arrays = {i.name: onnx.numpy_helper.to_array(i) for i in self.proto.graph.initializer}
+        self._producers = {o: n.op_type for n in self.proto.graph.node for o in n.output}
         self._fx = {n.name: n for n in self.flow.graph.nodes}
 
     def _origin(self, node: Any) -> Any:
@@ -284,8 +285,25 @@ class OnnxTemplate:
                 cname = f"prunepass_shape_{len(new_inits)}"
                 new_inits.append(numpy_helper.from_array(np.asarray(value, dtype=np.int64), cname))
                 node.input[index] = cname
+        self._materialise_conv_biases(g, new_inits)
         g.initializer.extend(new_inits)
         return model
+
+    def _materialise_conv_biases(self, g: Any, new_inits: list) -> None:
+        """The exporter builds a missing conv bias at run time (zeros expanded to Shape(weight)),
+        which keeps onnxruntime from fusing BatchNorm into the conv: make it an initializer."""
+        from onnx import numpy_helper
+
+        inits = {i.name: i for i in g.initializer}
+        for node in g.node:
+            if node.op_type != "Conv" or len(node.input) < 3 or node.input[2] in inits or node.input[1] not in inits:
+                continue
+            if self._producers.get(node.input[2]) is None:
+                continue
+            w = inits[node.input[1]]
+            name = f"prunepass_bias_{len(new_inits)}"
+            new_inits.append(numpy_helper.from_array(np.zeros(w.dims[0], dtype=np.float32), name))
+            node.input[2] = name
 
     def measure(self, plan: Any, check: bool = True, **latency_kwargs: Any) -> LatencyStats:
         """Latency of the candidate (see :func:`measure_latency` for the keyword arguments)."""

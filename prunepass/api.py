@@ -1,0 +1,178 @@
+"""The native one-call API: ``prunepass.prune(model, example_inputs, data=..., loss_fn=..., target=...)``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunepass.analysis import Analysis, analyze
+from prunepass.costs import CostModel
+from prunepass.importance import Scores, calibrate, finetune_bn, magnitude_scores
+from prunepass.plan import Plan
+from prunepass.rewrite import apply_plan
+from prunepass.select.constraints import ChannelConstraint
+from prunepass.select.strategies import (
+    SearchReport,
+    evolutionary_plan,
+    global_plan,
+    knapsack_plan,
+    ranking_scores,
+    target_plan,
+)
+from prunepass.select.targets import Evaluator, LatencyOracle, Target
+from prunepass.select.uniform import uniform_plan
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("auto", "uniform", "global", "target", "knapsack", "optimal")
+
+
+@dataclass
+class PruneResult:
+    """What :func:`prune` produced."""
+
+    model: nn.Module
+    plan: Plan
+    analysis: Analysis
+    report: dict[str, Any]
+    onnx_path: Path | None = None
+    search: SearchReport | None = None
+    scores: Scores | None = field(default=None, repr=False)
+
+
+def select_plan(analysis: Analysis, scores: Scores, target: Target, *, strategy: str = "auto",
+                constraint: ChannelConstraint | None = None, evaluator: Evaluator | None = None,
+                strict: bool = False, seed: int = 0, n_search_steps: int = 200,
+                checkpoint: str | Path | None = None) -> tuple[Plan, SearchReport | None]:
+    """Run one strategy.  ``auto``: uniform for a ratio, knapsack for FLOPs/params/latency."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
+    evaluator = evaluator or Evaluator(analysis)
+    if target.metric == "ratio":
+        if strategy in ("auto", "uniform"):
+            return uniform_plan(analysis, target.value, ranking_scores(scores), constraint), None
+        if strategy == "global":
+            return global_plan(analysis, scores, target.value, constraint), None
+        raise ValueError(f"strategy {strategy!r} needs a FLOPs, params or latency target, not a ratio")
+    if strategy in ("auto", "knapsack"):
+        return knapsack_plan(analysis, scores, target, evaluator, constraint, strict=strict)
+    if strategy == "target":
+        return target_plan(analysis, scores, target, evaluator, constraint, strict=strict)
+    if strategy == "optimal":
+        return evolutionary_plan(analysis, scores, target, evaluator, constraint, n_search_steps=n_search_steps,
+                                 seed=seed, checkpoint=checkpoint, strict=strict)
+    raise ValueError(f"strategy {strategy!r} needs a ratio target (e.g. ratio=0.5)")
+
+
+def prune(model: nn.Module, example_inputs: Any, *, data: Iterable | None = None,
+          loss_fn: Callable[[Any, Any], torch.Tensor] | None = None, target: str | Target = "flops=50%",
+          strategy: str = "auto", criterion: str = "taylor", constraint: ChannelConstraint | None = None,
+          entry_point: str = "forward", calibration_steps: int | None = None, finetune_bn_steps: int | None = None,
+          out_dir: str | Path | None = None, strict: bool = False, measure: bool = True, threads: int = 1,
+          seed: int = 0, n_search_steps: int = 200, checkpoint: str | Path | None = None,
+          show_progress: bool = False, **sample_fns: Any) -> PruneResult:
+    """Analyse, score, select and apply in one call.
+
+    ``data`` + ``loss_fn(output, batch)`` give gradient importance (``criterion`` taylor or
+    fisher); without data the magnitude criterion is used.  ``target`` is ``ratio=0.4``,
+    ``flops=50%``, ``params=5e6`` or ``latency=60%`` / ``latency=2.5`` (ms, onnxruntime on this
+    machine).  With ``out_dir`` the pruned state dict, plan, ONNX file and report are written
+    there.  The user's model is never modified."""
+    t0 = time.perf_counter()
+    target = Target.parse(target)
+    a = analyze(model, example_inputs, entry_point)
+    if data is not None and loss_fn is not None and criterion != "magnitude":
+        scores = calibrate(model, a, data, loss_fn, criterion=criterion, steps=calibration_steps,
+                           show_progress=show_progress, **sample_fns)
+    else:
+        scores = magnitude_scores(model, a)
+    oracle = LatencyOracle(a, threads=threads) if target.metric == "latency" else None
+    evaluator = Evaluator(a, CostModel(a), oracle)
+    plan, search = select_plan(a, scores, target, strategy=strategy, constraint=constraint, evaluator=evaluator,
+                               strict=strict, seed=seed, n_search_steps=n_search_steps, checkpoint=checkpoint)
+    pruned = apply_plan(model, a, plan, inplace=False)
+    if finetune_bn_steps and data is not None:
+        finetune_bn(pruned, data, steps=finetune_bn_steps, entry_point=entry_point, show_progress=show_progress,
+                    **{k: v for k, v in sample_fns.items() if k == "sample_to_model_inputs"})
+    report = build_report(a, plan, evaluator.cost, target, search, strategy, scores.criterion)
+    result = PruneResult(pruned, plan, a, report, None, search, scores)
+    if measure or out_dir is not None:
+        _emit_and_measure(result, model, out_dir, threads, measure)
+    report["seconds"] = round(time.perf_counter() - t0, 2)
+    if out_dir is not None:
+        write_outputs(result, Path(out_dir))
+    return result
+
+
+def build_report(a: Analysis, plan: Plan, cost: CostModel, target: Target, search: SearchReport | None,
+                 strategy: str, criterion: str) -> dict[str, Any]:
+    widths = plan.widths(a)
+    return {
+        "target": str(target), "strategy": search.strategy if search else strategy, "criterion": criterion,
+        "met": search.met if search else True,
+        "message": search.message if search else "",
+        "flops": {"original": cost.flops(), "pruned": cost.flops(widths)},
+        "params": {"original": cost.params(), "pruned": cost.params(widths)},
+        "groups": [{"name": g.name, "size": g.size, "kept": widths[g.name], "tags": list(g.tags),
+                    "modules": g.modules()[:4]} for g in a.prunable_groups],
+        "search": search.to_dict() if search else None,
+    }
+
+
+def _emit_and_measure(result: PruneResult, original: nn.Module, out_dir: str | Path | None, threads: int,
+                      measure: bool) -> None:
+    from prunepass.onnx_backend import export_onnx, measure_latency
+
+    a = result.analysis
+    args, kwargs = a.captured.args, a.captured.kwargs
+    path = Path(out_dir) / "model.onnx" if out_dir is not None else None
+    target = result.model if a.captured.entry_point == "forward" else _EntryModule(result.model, a.captured.entry_point)
+    proto = export_onnx(target, args, kwargs, path)
+    result.onnx_path = path
+    if not measure:
+        return
+    base_target = original if a.captured.entry_point == "forward" else _EntryModule(original, a.captured.entry_point)
+    base_proto = export_onnx(base_target, args, kwargs, verify=False)
+    rounds = {"original": [], "pruned": []}
+    for _ in range(3):  # interleave to share the machine's drift
+        rounds["original"].append(measure_latency(base_proto, threads=threads, runs=100, warmup=10))
+        rounds["pruned"].append(measure_latency(proto, threads=threads, runs=100, warmup=10))
+    lat = {k: {"median_ms": sorted(s.median for s in v)[1], "p10_ms": min(s.p10 for s in v)} for k, v in rounds.items()}
+    lat["ratio"] = lat["pruned"]["median_ms"] / lat["original"]["median_ms"]
+    if result.search is not None and result.search.target.startswith("latency"):
+        lat["predicted_ms"] = result.search.achieved
+        goal = result.search.goal
+        lat["goal_ms"] = goal
+        lat["within_7pct"] = abs(lat["pruned"]["median_ms"] - goal) <= 0.07 * goal or lat["pruned"]["median_ms"] <= goal
+    result.report["latency"] = lat
+
+
+class _EntryModule(nn.Module):
+    def __init__(self, model: nn.Module, entry_point: str) -> None:
+        super().__init__()
+        self.model = model
+        self.entry_point = entry_point
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        sub, _, method = self.entry_point.rpartition(".")
+        owner = self.model.get_submodule(sub) if sub else self.model
+        return getattr(owner, method)(*args, **kwargs)
+
+
+def write_outputs(result: PruneResult, out: Path) -> None:
+    """state dict + plan (rebuild with ``Plan.load`` + ``apply_plan``) + report.json + report.md."""
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(result.model.state_dict(), out / "pruned_state_dict.pt")
+    result.plan.save(out / "plan.json")
+    (out / "report.json").write_text(json.dumps(result.report, indent=1, default=float))
+    from prunepass.report import write_markdown
+
+    write_markdown(result.report, out)

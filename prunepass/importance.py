@@ -1,0 +1,284 @@
+"""Channel importance gathered on the eager model.
+
+* ``taylor`` (default): first-order Taylor, ``sum over steps |sum over a channel's weights of
+  w * dL/dw|``, summed over every member of the group;
+* ``fisher``: ``sum over steps (sum over members of w * dL/dw)^2`` (a diagonal Fisher /
+  second-order estimate of the loss increase when the channel is removed);
+* ``magnitude``: L1 norm of the channel's weights over all members (needs no data).
+
+Calibration leaves no gradients, hooks, ``requires_grad`` changes or mode changes behind.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from prunepass.analysis import Analysis
+
+log = logging.getLogger(__name__)
+
+CRITERIA = ("taylor", "fisher", "magnitude")
+
+
+def default_sample_to_model_inputs(sample: Any) -> Any:
+    """A batch ``(x, y)`` -> ``x``; anything else is passed whole."""
+    if isinstance(sample, (tuple, list)) and len(sample) >= 1:
+        return sample[0]
+    return sample
+
+
+def default_sample_to_n_samples(sample: Any) -> int:
+    x = default_sample_to_model_inputs(sample)
+    while isinstance(x, (tuple, list)) and x:
+        x = x[0]
+    if isinstance(x, dict) and x:
+        x = next(iter(x.values()))
+    return int(x.shape[0]) if isinstance(x, torch.Tensor) and x.dim() > 0 else 1
+
+
+def call_model(model: nn.Module, inputs: Any, entry_point: str = "forward") -> Any:
+    """Call ``entry_point`` with inputs in the ``dummy_input`` conventions."""
+    from prunepass.capture import resolve_entry_point, split_inputs
+
+    _, _, fn = resolve_entry_point(model, entry_point)
+    args, kwargs = split_inputs(inputs)
+    return fn(*args, **kwargs)
+
+
+@dataclass
+class Scores:
+    """Per-channel importance of each prunable group (numpy arrays, one value per channel)."""
+
+    per_group: dict[str, np.ndarray]
+    criterion: str
+    steps: int = 0
+    samples: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.per_group[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.per_group
+
+    def normalized(self, eps: float = 1e-12) -> Scores:
+        """Divide by the total over all groups: scores become comparable network-wide."""
+        total = sum(float(v.sum()) for v in self.per_group.values()) + eps
+        return Scores({k: v / total for k, v in self.per_group.items()}, self.criterion, self.steps, self.samples)
+
+    def group_totals(self) -> dict[str, float]:
+        return {k: float(v.sum()) for k, v in self.per_group.items()}
+
+
+class _ChannelIndex:
+    """For each (group, member), which channel of the group owns each row of the member axis."""
+
+    def __init__(self, analysis: Analysis, groups: list[str]) -> None:
+        self.entries: list[tuple[str, str, int, np.ndarray]] = []  # group, fqn, axis, channel_of_row
+        for name in groups:
+            g = analysis.group(name)
+            for m in g.members:
+                channel_of_row = np.full(m.shape[m.axis], -1, dtype=np.int64)
+                everything = analysis.kept_indices(m.fqn, m.axis, {})
+                for c in range(g.size):
+                    others = [i for i in range(g.size) if i != c]
+                    without = set(analysis.kept_indices(m.fqn, m.axis, {name: others}))
+                    channel_of_row[[i for i in everything if i not in without]] = c
+                self.entries.append((name, m.fqn, m.axis, channel_of_row))
+
+
+def _reduce(values: torch.Tensor, axis: int, channel_of_row: np.ndarray, size: int) -> np.ndarray:
+    """Sum ``values`` over all axes but ``axis``, then over the rows of each channel."""
+    dims = [d for d in range(values.dim()) if d != axis]
+    per_row = values.sum(dim=dims).detach().double().cpu().numpy() if dims else values.detach().double().cpu().numpy()
+    out = np.zeros(size)
+    mask = channel_of_row >= 0
+    np.add.at(out, channel_of_row[mask], per_row[mask])
+    return out
+
+
+def magnitude_scores(model: nn.Module, analysis: Analysis, groups: list[str] | None = None) -> Scores:
+    """L1 norm of every channel's weights over all members (parameters only)."""
+    names = groups if groups is not None else [g.name for g in analysis.prunable_groups]
+    index = _ChannelIndex(analysis, names)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    per_group = {n: np.zeros(analysis.group(n).size) for n in names}
+    for name, fqn, axis, cor in index.entries:
+        if fqn in params:
+            per_group[name] += _reduce(params[fqn].detach().abs(), axis, cor, analysis.group(name).size)
+    return Scores(per_group, "magnitude")
+
+
+class Calibrator:
+    """Context manager that accumulates gradient-based channel importance while the user runs
+    their own loop (forward, loss, ``loss.backward()``) inside it::
+
+        with Calibrator(model, analysis) as cal:
+            for x, y in loader:
+                loss_fn(model(x), y).backward()
+        scores = cal.scores
+    """
+
+    def __init__(self, model: nn.Module, analysis: Analysis, criterion: str = "taylor",
+                 groups: list[str] | None = None) -> None:
+        if criterion not in ("taylor", "fisher"):
+            raise ValueError(f"gradient criterion must be 'taylor' or 'fisher', got {criterion!r}")
+        self.model = model
+        self.analysis = analysis
+        self.criterion = criterion
+        self.groups = groups if groups is not None else [g.name for g in analysis.prunable_groups]
+        self._index = _ChannelIndex(analysis, self.groups)
+        self._acc = {n: np.zeros(analysis.group(n).size) for n in self.groups}
+        self._step_terms: dict[str, np.ndarray] = {}
+        self.steps = 0
+        self.scores: Scores | None = None
+        self._hooks: list[Any] = []
+        self._saved: dict[str, tuple[bool, torch.Tensor | None]] = {}
+
+    def __enter__(self) -> Calibrator:
+        params = dict(self.model.named_parameters(remove_duplicate=False))
+        by_param: dict[int, list[tuple[str, int, np.ndarray]]] = {}
+        for name, fqn, axis, cor in self._index.entries:
+            if fqn in params:
+                by_param.setdefault(id(params[fqn]), []).append((name, axis, cor))
+        seen: set[int] = set()
+        for fqn, p in params.items():
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            self._saved[fqn] = (p.requires_grad, p.grad)
+            p.grad = None
+            # only group members need gradients; the others are frozen for the duration
+            p.requires_grad_(id(p) in by_param)
+            if id(p) in by_param:
+                self._hooks.append(p.register_post_accumulate_grad_hook(self._make_hook(by_param[id(p)])))
+        self._first_param = next((f for f in self._saved if id(params[f]) in by_param), None)
+        self._params = params
+        return self
+
+    def _make_hook(self, entries: list[tuple[str, int, np.ndarray]]) -> Callable:
+        def hook(p: torch.Tensor) -> None:
+            if p.grad is None:
+                return
+            wg = (p.detach() * p.grad.detach())
+            for name, axis, cor in entries:
+                term = _reduce(wg, axis, cor, self.analysis.group(name).size)
+                if self.criterion == "taylor":
+                    self._acc[name] += np.abs(term)
+                else:
+                    self._step_terms[name] = self._step_terms.get(name, 0.0) + term
+            p.grad = None  # nothing left behind, and no growth across steps
+            if p is self._params.get(self._first_param):
+                self._end_step()
+
+        return hook
+
+    def _end_step(self) -> None:
+        self.steps += 1
+        for name, t in self._step_terms.items():
+            self._acc[name] += np.square(t)
+        self._step_terms = {}
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        for name, t in self._step_terms.items():
+            self._acc[name] += np.square(t)
+        self._step_terms = {}
+        for fqn, (req, grad) in self._saved.items():
+            p = self._params[fqn]
+            p.requires_grad_(req)
+            p.grad = grad
+        self.scores = Scores(dict(self._acc), self.criterion, self.steps)
+
+
+def calibrate(model: nn.Module, analysis: Analysis, dataloader: Iterable, loss_function: Callable[[Any, Any], torch.Tensor],
+              *, criterion: str = "taylor", steps: int | None = None, epochs: int = 1,
+              sample_to_model_inputs: Callable = default_sample_to_model_inputs,
+              sample_to_n_samples: Callable = default_sample_to_n_samples, show_progress: bool = False,
+              entry_point: str | None = None) -> Scores:
+    """Run ``loss_function(model(inputs), sample).backward()`` over the data and return scores.
+
+    ``steps`` caps the number of batches (``epochs`` is ignored then).  The model's mode is not
+    changed: put it in the mode you deploy (usually ``eval()``) before calling."""
+    if criterion == "magnitude":
+        return magnitude_scores(model, analysis)
+    entry = entry_point or analysis.captured.entry_point
+    total = steps if steps is not None else _len_or_none(dataloader, epochs)
+    bar = _progress(total, show_progress, "calibrating")
+    samples = 0
+    done = 0
+    with Calibrator(model, analysis, criterion) as cal:
+        for _ in range(epochs if steps is None else 10**9):
+            for sample in dataloader:
+                out = call_model(model, sample_to_model_inputs(sample), entry)
+                loss = loss_function(out, sample)
+                loss.backward()
+                samples += sample_to_n_samples(sample)
+                done += 1
+                bar.update(1)
+                if steps is not None and done >= steps:
+                    break
+            if steps is not None and done >= steps:
+                break
+            if steps is not None and done == 0:
+                break
+    bar.close()
+    scores = cal.scores
+    assert scores is not None
+    scores.samples = samples
+    if done == 0:
+        raise ValueError("the data loader produced no batch: calibration needs at least one")
+    return scores
+
+
+def _len_or_none(loader: Iterable, epochs: int) -> int | None:
+    try:
+        return len(loader) * epochs  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _progress(total: int | None, enabled: bool, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, desc=desc, leave=False)
+
+
+@torch.no_grad()
+def finetune_bn(model: nn.Module, dataloader: Iterable, *, steps: int | None = None,
+                sample_to_model_inputs: Callable = default_sample_to_model_inputs, entry_point: str = "forward",
+                show_progress: bool = False) -> nn.Module:
+    """Re-estimate BatchNorm running statistics on data after pruning (cumulative average).
+    Only BatchNorm layers are put in train mode; the model's modes are restored after."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return model
+    modes = {m: m.training for m in model.modules()}
+    saved = [(bn.momentum,) for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.train()
+    bar = _progress(steps, show_progress, "re-calibrating BatchNorm")
+    try:
+        for i, sample in enumerate(dataloader):
+            if steps is not None and i >= steps:
+                break
+            call_model(model, sample_to_model_inputs(sample), entry_point)
+            bar.update(1)
+    finally:
+        bar.close()
+        for bn, (mom,) in zip(bns, saved, strict=True):
+            bn.momentum = mom
+        for m, mode in modes.items():
+            m.training = mode
+    return model

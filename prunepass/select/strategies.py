@@ -1,0 +1,339 @@
+"""Strategies: global ranking, target (binary search on a global threshold), knapsack (MILP),
+and an evolutionary sample-based search with checkpoint / resume."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from prunepass.analysis import Analysis
+from prunepass.errors import TargetNotMetError
+from prunepass.importance import Scores
+from prunepass.plan import Plan
+from prunepass.select.constraints import ChannelConstraint, allowed_widths
+from prunepass.select.targets import Evaluator, Target
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchReport:
+    """What a search explored and how close it got."""
+
+    strategy: str
+    target: str
+    base: float
+    goal: float
+    achieved: float
+    met: bool
+    history: list[dict[str, float]] = field(default_factory=list)  # {"value", "score"} per candidate
+    predicted: float | None = None  # e.g. FLOPs-proxy prediction of the latency
+    seconds: float = 0.0
+    evaluations: int = 0
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def ranking_scores(scores: Scores) -> dict[str, np.ndarray]:
+    """Scores comparable across groups: gradient criteria are loss estimates (normalised by
+    the total); magnitudes are divided by their group mean first."""
+    if scores.criterion == "magnitude":
+        return {k: v / (v.mean() + 1e-12) for k, v in scores.per_group.items()}
+    return scores.normalized().per_group
+
+
+def kept_value(order_scores: np.ndarray, width: int) -> float:
+    """Sum of the ``width`` largest scores."""
+    return float(np.sort(order_scores)[::-1][:width].sum())
+
+
+def plan_from_widths(analysis: Analysis, widths: dict[str, int], scores: dict[str, np.ndarray] | None,
+                     **meta: Any) -> Plan:
+    return Plan.from_widths(analysis, widths, scores, **meta)
+
+
+def _snap_up(group, count: int, constraint: ChannelConstraint | None) -> int:
+    options = allowed_widths(group, constraint)
+    return next((w for w in options if w >= count), options[-1])
+
+
+def global_plan(analysis: Analysis, scores: Scores, n_channels_or_ratio: float,
+                constraint: ChannelConstraint | None = None) -> Plan:
+    """Remove the least important channels network-wide: a count (>= 1) or a fraction of all
+    prunable channels (0 < x < 1), within each group's constraint."""
+    rank = ranking_scores(scores)
+    groups = [g for g in analysis.prunable_groups if g.name in rank]
+    total = sum(g.size for g in groups)
+    n = int(round(n_channels_or_ratio * total)) if n_channels_or_ratio < 1 else int(n_channels_or_ratio)
+    if n <= 0:
+        return Plan.from_keep(analysis, {})
+    allv = np.sort(np.concatenate([rank[g.name] for g in groups]))
+    t = allv[min(n, len(allv)) - 1]
+    widths = _widths_at_threshold(groups, rank, t, constraint, strict_above=True)
+    return plan_from_widths(analysis, widths, rank, strategy="global", removed=n)
+
+
+def _widths_at_threshold(groups, rank, t: float, constraint, strict_above: bool = False) -> dict[str, int]:
+    widths = {}
+    for g in groups:
+        s = rank[g.name]
+        count = int((s > t).sum()) if strict_above else int((s >= t).sum())
+        widths[g.name] = _snap_up(g, max(count, 1), constraint)
+    return widths
+
+
+def target_plan(analysis: Analysis, scores: Scores, target: Target, evaluator: Evaluator,
+                constraint: ChannelConstraint | None = None, *, strict: bool = False,
+                tolerance: float = 0.03, max_steps: int = 24) -> tuple[Plan, SearchReport]:
+    """Binary search on one global importance threshold until the target is met."""
+    t0 = time.perf_counter()
+    rank = ranking_scores(scores)
+    groups = [g for g in analysis.prunable_groups if g.name in rank]
+    thresholds = np.unique(np.concatenate([rank[g.name] for g in groups]))
+    base = evaluator.base(target.metric)
+    goal = target.absolute(base)
+    history: list[dict[str, float]] = []
+
+    def evaluate(i: int) -> tuple[Plan, float]:
+        t = -math.inf if i < 0 else thresholds[i]
+        widths = _widths_at_threshold(groups, rank, t, constraint, strict_above=i >= 0)
+        plan = plan_from_widths(analysis, widths, rank, strategy="target", target=str(target))
+        v = evaluator.value(target.metric, plan)
+        history.append({"value": v, "score": sum(kept_value(rank[n], w) for n, w in widths.items())})
+        return plan, v
+
+    lo, hi = -1, len(thresholds) - 1  # lo keeps everything
+    best: tuple[Plan, float] | None = None
+    plan_hi, v_hi = evaluate(hi)
+    if v_hi > goal:
+        best = (plan_hi, v_hi)
+    else:
+        best = (plan_hi, v_hi)
+        for _ in range(max_steps):
+            if hi - lo <= 1:
+                break
+            mid = (lo + hi) // 2
+            plan, v = evaluate(mid)
+            if v <= goal:
+                hi, best = mid, (plan, v)
+                if v >= goal * (1 - tolerance):
+                    break
+            else:
+                lo = mid
+    plan, achieved = best
+    return plan, _finish("target", target, base, goal, achieved, history, evaluator, t0, strict)
+
+
+def _finish(name: str, target: Target, base: float, goal: float, achieved: float, history: list,
+            evaluator: Evaluator, t0: float, strict: bool, predicted: float | None = None) -> SearchReport:
+    slack = 1.07 if target.metric == "latency" else 1.0 + 1e-9
+    met = achieved <= goal * slack
+    report = SearchReport(name, str(target), base, goal, achieved, met, history, predicted,
+                          time.perf_counter() - t0, len(history))
+    if not met:
+        report.message = (f"target {target} not met: best {target.metric} {achieved:.4g} > goal {goal:.4g} "
+                          "(minimum channel constraints may forbid pruning further)")
+        if strict:
+            raise TargetNotMetError(report.message + "; relax the target or the channel constraints, or pass strict=False")
+        warnings.warn(report.message, stacklevel=3)
+    return report
+
+
+# ---------------------------------------------------------------------- knapsack (MILP)
+def knapsack_plan(analysis: Analysis, scores: Scores, target: Target, evaluator: Evaluator,
+                  constraint: ChannelConstraint | None = None, *, strict: bool = False,
+                  max_iterations: int = 15, solver_time_limit: float = 60.0,
+                  tolerance: float = 0.03) -> tuple[Plan, SearchReport]:
+    """Maximise the kept importance under a budget with an exact MILP (HiGHS via scipy).
+
+    One width per group is chosen among its allowed widths.  Costs are linearised around the
+    current solution with the FLOPs/params formulas and refined over iterations; for a latency
+    target the FLOPs budget is rescaled each iteration by measured latency / goal."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    t0 = time.perf_counter()
+    rank = ranking_scores(scores)
+    groups = [g for g in analysis.prunable_groups if g.name in rank]
+    options = {g.name: allowed_widths(g, constraint) for g in groups}
+    values = {g.name: [kept_value(rank[g.name], w) for w in options[g.name]] for g in groups}
+    proxy_metric = "params" if target.metric == "params" else "flops"
+    cost = evaluator.cost
+    proxy = cost.params if proxy_metric == "params" else cost.flops
+    base = evaluator.base(target.metric)
+    goal = target.absolute(base)
+    budget = goal if target.metric == proxy_metric else cost.flops() * goal / base
+    cur = {g.name: g.size for g in groups}
+    history: list[dict[str, float]] = []
+    best: tuple[Plan, float, float] | None = None
+    fallback: tuple[Plan, float, float] | None = None
+    for _ in range(max_iterations):
+        base_cost = proxy(cur)
+        cols, c, v = [], [], []
+        for g in groups:
+            for k, w in enumerate(options[g.name]):
+                cols.append((g.name, k))
+                c.append(proxy({**cur, g.name: w}) - base_cost)
+                v.append(values[g.name][k])
+        n = len(cols)
+        a_eq = np.zeros((len(groups), n))
+        for j, (name, _) in enumerate(cols):
+            a_eq[[g.name for g in groups].index(name), j] = 1
+        res = milp(c=-np.asarray(v), integrality=np.ones(n), bounds=Bounds(0, 1),
+                   constraints=[LinearConstraint(a_eq, 1, 1), LinearConstraint(np.asarray(c)[None, :], -np.inf,
+                                                                               budget - base_cost)],
+                   options={"time_limit": solver_time_limit})
+        if res.x is None:
+            break
+        new = {name: options[name][k] for (name, k), x in zip(cols, res.x, strict=True) if x > 0.5}
+        plan = plan_from_widths(analysis, new, rank, strategy="knapsack", target=str(target))
+        achieved = evaluator.value(target.metric, plan)
+        predicted = proxy(new) * (base / cost.flops()) if target.metric == "latency" else float(proxy(new))
+        total_value = sum(kept_value(rank[k], w) for k, w in new.items())
+        history.append({"value": achieved, "score": total_value, "predicted": predicted})
+        if achieved <= goal and (best is None or total_value > best[2]):
+            best = (plan, achieved, total_value)
+        if fallback is None or achieved < fallback[1]:
+            fallback = (plan, achieved, total_value)
+        if achieved <= goal and achieved >= goal * (1 - tolerance) and new == cur:
+            break
+        # refine: rescale the budget by how far the true value is from the goal
+        budget = budget * (goal / achieved) if target.metric == "latency" else budget - (proxy(new) - goal)
+        if new == cur and achieved <= goal:
+            break
+        cur = new
+    chosen = best or fallback
+    if chosen is None:
+        raise TargetNotMetError("the knapsack solver found no feasible selection")
+    plan, achieved, _ = chosen
+    predicted = history[-1].get("predicted") if history else None
+    return plan, _finish("knapsack", target, base, goal, achieved, history, evaluator, t0, strict, predicted)
+
+
+# ---------------------------------------------------------------------- evolutionary search
+@dataclass
+class _State:
+    step: int
+    population: list[list[int]]
+    fitness: list[float]
+    cache: dict[str, list[float]]  # genome key -> [metric value, score]
+    best: list[int] | None
+    best_fitness: float
+    since_improvement: int
+    rng: Any
+
+
+def evolutionary_plan(analysis: Analysis, scores: Scores, target: Target, evaluator: Evaluator,
+                      constraint: ChannelConstraint | None = None, *, n_search_steps: int = 200,
+                      population: int = 16, seed: int = 0, patience: int | None = None,
+                      checkpoint: str | Path | None = None, strict: bool = False,
+                      stop_after: int | None = None) -> tuple[Plan, SearchReport]:
+    """Sample-based search for per-group widths maximising kept importance under the target.
+
+    Deterministic for a seed; ``checkpoint`` is written after every evaluation and, if it
+    exists, resumed from (an interrupted run resumed gives the same answer as an uninterrupted
+    one for deterministic metrics).  ``stop_after`` interrupts after that many evaluations
+    (for testing resume).  ``patience`` stops early when the best has not improved."""
+    t0 = time.perf_counter()
+    rank = ranking_scores(scores)
+    groups = [g for g in analysis.prunable_groups if g.name in rank]
+    options = [allowed_widths(g, constraint) for g in groups]
+    base = evaluator.base(target.metric)
+    goal = target.absolute(base)
+    state = _load_state(checkpoint) if checkpoint and Path(checkpoint).exists() else None
+    if state is None:
+        rng = random.Random(seed)
+        state = _State(0, [], [], {}, None, -math.inf, 0, rng.getstate())
+    rng = random.Random()
+    rng.setstate(_as_state(state.rng))
+    history: list[dict[str, float]] = [{"value": v[0], "score": v[1]} for v in state.cache.values()]
+
+    def genome_widths(genome: list[int]) -> dict[str, int]:
+        return {g.name: options[i][k] for i, (g, k) in enumerate(zip(groups, genome, strict=True))}
+
+    def evaluate(genome: list[int]) -> float:
+        key = ",".join(map(str, genome))
+        if key not in state.cache:
+            widths = genome_widths(genome)
+            plan = plan_from_widths(analysis, widths, rank)
+            value = evaluator.value(target.metric, plan)
+            score = sum(kept_value(rank[n], w) for n, w in widths.items())
+            state.cache[key] = [value, score]
+            history.append({"value": value, "score": score})
+        value, score = state.cache[key]
+        return score if value <= goal else -value / goal  # any feasible genome beats every infeasible one
+
+    def random_genome(ratio: float) -> list[int]:
+        out = []
+        for opts, g in zip(options, groups, strict=True):
+            want = g.size * ratio * rng.uniform(0.7, 1.3)
+            out.append(min(range(len(opts)), key=lambda k: abs(opts[k] - want)))
+        return out
+
+    evaluations = 0
+    while state.step < n_search_steps:
+        if stop_after is not None and evaluations >= stop_after:
+            _save_state(checkpoint, state, rng)
+            raise KeyboardInterrupt("search interrupted (stop_after); resume from the checkpoint")
+        if len(state.population) < population:
+            genome = random_genome(rng.uniform(0.3, 1.0)) if state.population else [len(o) - 1 for o in options]
+        else:
+            a, b = (max(rng.sample(range(population), 3), key=lambda i: state.fitness[i]) for _ in range(2))
+            genome = [state.population[a][i] if rng.random() < 0.5 else state.population[b][i]
+                      for i in range(len(options))]
+            for _ in range(rng.randint(1, 3)):
+                i = rng.randrange(len(options))
+                genome[i] = max(0, min(len(options[i]) - 1, genome[i] + rng.choice((-2, -1, 1, 2))))
+        fit = evaluate(genome)
+        if len(state.population) < population:
+            state.population.append(genome)
+            state.fitness.append(fit)
+        else:
+            worst = min(range(population), key=lambda i: state.fitness[i])
+            if fit > state.fitness[worst]:
+                state.population[worst], state.fitness[worst] = genome, fit
+        if fit > state.best_fitness:
+            state.best, state.best_fitness, state.since_improvement = list(genome), fit, 0
+        else:
+            state.since_improvement += 1
+        state.step += 1
+        evaluations += 1
+        if checkpoint:
+            _save_state(checkpoint, state, rng)
+        if patience is not None and state.since_improvement >= patience:
+            break
+    assert state.best is not None
+    widths = genome_widths(state.best)
+    plan = plan_from_widths(analysis, widths, rank, strategy="optimal", target=str(target), seed=seed)
+    achieved = state.cache[",".join(map(str, state.best))][0]
+    return plan, _finish("optimal", target, base, goal, achieved, history, evaluator, t0, strict)
+
+
+def _as_state(s: Any) -> tuple:
+    return (s[0], tuple(s[1]), s[2]) if isinstance(s, list) else s
+
+
+def _save_state(path: str | Path | None, state: _State, rng: random.Random) -> None:
+    if not path:
+        return
+    state.rng = rng.getstate()
+    d = asdict(state)
+    d["rng"] = [state.rng[0], list(state.rng[1]), state.rng[2]]
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(d))
+    tmp.replace(path)
+
+
+def _load_state(path: str | Path) -> _State:
+    d = json.loads(Path(path).read_text())
+    return _State(**d)

@@ -1,0 +1,156 @@
+"""Constraints on the pruned model: ratio, FLOPs, params or onnxruntime latency, absolute or
+as a percentage of the original (``"60%"``), and the evaluators that measure them."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from prunepass.analysis import Analysis
+from prunepass.costs import CostModel
+from prunepass.errors import LatencyMeasurementError
+from prunepass.plan import Plan
+
+log = logging.getLogger(__name__)
+
+METRICS = ("latency", "flops", "params", "ratio")
+
+
+@dataclass(frozen=True)
+class Target:
+    """``metric`` at most ``value`` (``relative``: a fraction of the original).  For ``ratio``
+    the value is the fraction of channels to remove in every group."""
+
+    metric: str
+    value: float
+    relative: bool = False
+
+    @classmethod
+    def parse(cls, text: str | dict | Target) -> Target:
+        """``"latency=60%"``, ``"flops=50%"``, ``"params=5e6"``, ``"latency=2.5"`` (ms),
+        ``"ratio=0.4"``; or a dict ``{"flops": "60%"}``."""
+        if isinstance(text, Target):
+            return text
+        if isinstance(text, dict):
+            if len(text) != 1:
+                raise ValueError(f"give exactly one target, got {text}")
+            (k, v), = text.items()
+            text = f"{k}={v}"
+        m = re.fullmatch(r"\s*(\w+)\s*=\s*([0-9.eE+-]+)\s*(%?)\s*", str(text))
+        if not m or m.group(1) not in METRICS:
+            raise ValueError(f"target must look like latency=60%, flops=50%, params=5e6 or ratio=0.4; got {text!r}")
+        metric, number, pct = m.group(1), float(m.group(2)), m.group(3) == "%"
+        if metric == "ratio":
+            if pct:
+                number /= 100.0
+            if not 0 <= number < 1:
+                raise ValueError(f"ratio must be in [0, 1), got {number}")
+            return cls("ratio", number, True)
+        if pct:
+            if not 0 < number <= 100:
+                raise ValueError(f"a percentage target must be in (0, 100], got {number}%")
+            return cls(metric, number / 100.0, True)
+        if number <= 0:
+            raise ValueError(f"{metric} target must be positive")
+        return cls(metric, number, False)
+
+    def absolute(self, base: float) -> float:
+        return self.value * base if self.relative else self.value
+
+    def __str__(self) -> str:
+        if self.metric == "ratio":
+            return f"ratio={self.value:g}"
+        return f"{self.metric}={self.value * 100:g}%" if self.relative else f"{self.metric}={self.value:g}"
+
+
+class LatencyOracle:
+    """Measured onnxruntime latency of plans: the ONNX fast path when it works for the model,
+    a full export otherwise.  Results are cached by widths (the kept channel counts)."""
+
+    def __init__(self, analysis: Analysis, *, threads: int = 1, runs: int = 40, warmup: int = 5,
+                 use_fast_path: bool = True, statistic: str = "median") -> None:
+        self.analysis = analysis
+        self.threads, self.runs, self.warmup = threads, runs, warmup
+        self.statistic = statistic
+        self._template: Any = None
+        self._fast = use_fast_path
+        self.cache: dict[tuple, float] = {}
+        self.evaluations = 0
+        self.mode = "fast" if use_fast_path else "export"
+
+    def _key(self, plan: Plan) -> tuple:
+        w = plan.widths(self.analysis)
+        return tuple(w[g.name] for g in self.analysis.prunable_groups)
+
+    def __call__(self, plan: Plan) -> float:
+        key = self._key(plan)
+        if key not in self.cache:
+            self.cache[key] = self.measure(plan)
+        return self.cache[key]
+
+    def measure(self, plan: Plan, runs: int | None = None) -> float:
+        from prunepass.onnx_backend import OnnxExportError, OnnxTemplate
+
+        self.evaluations += 1
+        kwargs = dict(threads=self.threads, runs=runs or self.runs, warmup=self.warmup)
+        if self._fast:
+            try:
+                if self._template is None:
+                    self._template = OnnxTemplate(self.analysis)
+                    self._template.measure(plan, check=True, **kwargs)  # one checked candidate
+                return getattr(self._template.measure(plan, check=False, **kwargs), self.statistic)
+            except (OnnxExportError, LatencyMeasurementError, RuntimeError) as exc:
+                log.warning("ONNX fast path unavailable (%s); timing candidates by full export", str(exc)[:200])
+                self._fast = False
+                self.mode = "export"
+        return getattr(measure_plan_full(self.analysis, plan, **kwargs), self.statistic)
+
+
+def measure_plan_full(analysis: Analysis, plan: Plan, threads: int = 1, runs: int = 40, warmup: int = 5) -> Any:
+    """Prune the program, export it to ONNX and time it (the slow, always-available path)."""
+    from prunepass.onnx_backend import export_onnx, measure_latency
+    from prunepass.rewrite import prune_program
+
+    program = prune_program(analysis, plan, export=False)
+    proto = export_onnx(program, analysis.captured.args, analysis.captured.kwargs, verify=False)
+    return measure_latency(proto, threads=threads, runs=runs, warmup=warmup)
+
+
+class Evaluator:
+    """Value of a metric for a plan: FLOPs and params from the cost formulas (microseconds),
+    latency from the oracle (measured)."""
+
+    def __init__(self, analysis: Analysis, cost: CostModel | None = None, latency: LatencyOracle | None = None) -> None:
+        self.analysis = analysis
+        self.cost = cost or CostModel(analysis)
+        self._latency = latency
+        self._base_latency: float | None = None
+
+    @property
+    def latency(self) -> LatencyOracle:
+        if self._latency is None:
+            self._latency = LatencyOracle(self.analysis)
+        return self._latency
+
+    def base(self, metric: str) -> float:
+        if metric == "flops":
+            return float(self.cost.flops())
+        if metric == "params":
+            return float(self.cost.params())
+        if metric == "latency":
+            if self._base_latency is None:
+                self._base_latency = self.latency(Plan.from_keep(self.analysis, {}))
+            return self._base_latency
+        raise ValueError(metric)
+
+    def value(self, metric: str, plan: Plan) -> float:
+        w = plan.widths(self.analysis)
+        if metric == "flops":
+            return float(self.cost.flops(w))
+        if metric == "params":
+            return float(self.cost.params(w))
+        if metric == "latency":
+            return self.latency(plan)
+        raise ValueError(metric)
