@@ -174,6 +174,7 @@ def knapsack_plan(analysis: Analysis, scores: Scores, target: Target, evaluator:
     goal = target.absolute(base)
     budget = goal if target.metric == proxy_metric else cost.flops() * goal / base
     cur = {g.name: g.size for g in groups}
+    points = [(float(cost.flops()), base)]  # (FLOPs, measured latency) for a latency target
     history: list[dict[str, float]] = []
     best: tuple[Plan, float, float] | None = None
     fallback: tuple[Plan, float, float] | None = None
@@ -201,14 +202,20 @@ def knapsack_plan(analysis: Analysis, scores: Scores, target: Target, evaluator:
         predicted = proxy(new) * (base / cost.flops()) if target.metric == "latency" else float(proxy(new))
         total_value = sum(kept_value(rank[k], w) for k, w in new.items())
         history.append({"value": achieved, "score": total_value, "predicted": predicted})
-        if achieved <= goal and (best is None or total_value > best[2]):
+        close = achieved >= goal * (1 - 2 * tolerance)
+        if achieved <= goal and (best is None or (close, total_value) > (best[1] >= goal * (1 - 2 * tolerance), best[2])):
             best = (plan, achieved, total_value)
         if fallback is None or achieved < fallback[1]:
             fallback = (plan, achieved, total_value)
         if achieved <= goal and achieved >= goal * (1 - tolerance) and new == cur:
             break
-        # refine: rescale the budget by how far the true value is from the goal
-        budget = budget * (goal / achieved) if target.metric == "latency" else budget - (proxy(new) - goal)
+        # refine: a latency target re-fits latency ~ a + b * FLOPs on every measurement so far
+        # (a is the per-op overhead FLOPs do not see) and re-solves for the FLOPs budget
+        if target.metric == "latency":
+            points.append((float(proxy(new)), achieved))
+            budget = _latency_budget(points, goal, cost.flops())
+        else:
+            budget = budget - (proxy(new) - goal)
         if new == cur and achieved <= goal:
             break
         cur = new
@@ -218,6 +225,18 @@ def knapsack_plan(analysis: Analysis, scores: Scores, target: Target, evaluator:
     plan, achieved, _ = chosen
     predicted = history[-1].get("predicted") if history else None
     return plan, _finish("knapsack", target, base, goal, achieved, history, evaluator, t0, strict, predicted)
+
+
+def _latency_budget(points: list[tuple[float, float]], goal: float, max_flops: float) -> float:
+    """FLOPs budget at which a least-squares line latency = a + b * FLOPs reaches ``goal``."""
+    f = np.array([p[0] for p in points])
+    lat = np.array([p[1] for p in points])
+    if len(points) < 2 or np.ptp(f) == 0:
+        return max_flops * goal / lat[0]
+    b, a = np.polyfit(f, lat, 1)
+    if b <= 0:
+        return max_flops * goal / lat.max()
+    return float(np.clip((goal - a) / b, 0.0, max_flops))
 
 
 # ---------------------------------------------------------------------- evolutionary search
