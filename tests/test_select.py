@@ -1,0 +1,178 @@
+"""Importance, constraints and strategies."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+import models
+from prunepass import TargetNotMetError, analyze
+from prunepass.costs import CostModel
+from prunepass.importance import Calibrator, calibrate, finetune_bn, magnitude_scores
+from prunepass.plan import Plan
+from prunepass.select.constraints import ChannelConstraint, allowed_widths
+from prunepass.select.strategies import evolutionary_plan, global_plan, knapsack_plan, target_plan
+from prunepass.select.targets import Evaluator, Target
+from prunepass.select.uniform import uniform_plan
+
+
+@pytest.fixture(scope="module")
+def digits():
+    model, inputs = models.get("digits_cnn")
+    a = analyze(model, inputs)
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(4)]
+    return model, a, data
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    model, inputs = models.get("resnet18")
+    a = analyze(model, inputs)
+    return model, a, magnitude_scores(model, a)
+
+
+def ce(out, batch):
+    return F.cross_entropy(out, batch[1])
+
+
+def test_target_parsing():
+    assert Target.parse("latency=60%") == Target("latency", 0.6, True)
+    assert Target.parse("params=5e6") == Target("params", 5e6, False)
+    assert Target.parse({"flops": "50%"}) == Target("flops", 0.5, True)
+    assert Target.parse("ratio=0.4").value == 0.4
+    for bad in ("speed=2", "flops=150%", "ratio=1.5", "latency=-1"):
+        with pytest.raises(ValueError):
+            Target.parse(bad)
+
+
+def test_calibration_leaves_model_unchanged_and_ranks_channels(digits):
+    model, a, data = digits
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [p.requires_grad for p in model.parameters()]
+    model.eval()
+    for criterion in ("taylor", "fisher"):
+        s = calibrate(model, a, data, ce, criterion=criterion)
+        assert s.steps == len(data) and s.samples == 16 * len(data)
+        assert set(s.per_group) == {g.name for g in a.prunable_groups}
+        assert all(v.shape == (a.group(k).size,) and (v >= 0).all() and v.sum() > 0 for k, v in s.per_group.items())
+    assert all(p.grad is None for p in model.parameters())
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert not model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any(p._post_accumulate_grad_hooks for p in model.parameters() if p._post_accumulate_grad_hooks)
+
+
+def test_calibrator_context_matches_function(digits):
+    model, a, data = digits
+    with Calibrator(model, a, "taylor") as cal:
+        for x, y in data:
+            F.cross_entropy(model(x), y).backward()
+    ref = calibrate(model, a, data, ce)
+    for k in ref.per_group:
+        np.testing.assert_allclose(cal.scores[k], ref[k], rtol=1e-6)
+
+
+def test_taylor_finds_dead_channels(digits):
+    model, a, data = digits
+    m = copy.deepcopy(model)
+    with torch.no_grad():
+        m.features[3].weight[:, 2] = 0.0  # channel 2 of the first conv's output is never read
+    s = calibrate(m, analyze(m, (torch.randn(1, 1, 8, 8),)), data, ce)
+    assert s["g0"][2] == 0.0 and (np.delete(s["g0"], 2) > 0).all()
+
+
+def test_finetune_bn_restores_modes(digits):
+    model, _, data = digits
+    m = copy.deepcopy(model).eval()
+    finetune_bn(m, data)
+    assert not any(mod.training for mod in m.modules())
+    assert not torch.equal(m.features[1].running_mean, model.features[1].running_mean)
+
+
+def test_channel_constraints():
+    model, inputs = models.get("resnet18")
+    a = analyze(model, inputs)
+    big = max(a.prunable_groups, key=lambda g: g.size)  # 128+ channels: step 4 by default
+    w = allowed_widths(big)
+    assert w[-1] == big.size and all(x % 4 == 0 for x in w[:-1])
+    c = ChannelConstraint(absolute_min=16, relative_min=0.25, step=8)
+    w = allowed_widths(big, c)
+    assert min(w) >= max(16, big.size // 4) and all(x % 8 == 0 for x in w)
+    plan = uniform_plan(a, 0.9, constraint=c)
+    widths = plan.widths(a)
+    assert all(widths[g.name] >= min(16, g.size) for g in a.prunable_groups)
+
+
+def test_uniform_and_global(resnet):
+    model, a, s = resnet
+    plan = uniform_plan(a, 0.5, s.per_group)
+    for g in a.prunable_groups:
+        kept = plan.keep.get(g.name, tuple(range(g.size)))
+        assert abs(len(kept) - g.size / 2) <= 4
+        # the kept channels are the most important ones
+        order = np.argsort(-s[g.name])[: len(kept)]
+        assert set(kept) == set(order.tolist())
+    gp = global_plan(a, s, 100)
+    removed = sum(g.size - len(gp.keep.get(g.name, range(g.size))) for g in a.prunable_groups)
+    assert 90 <= removed <= 110  # width steps round per group
+
+
+@pytest.mark.parametrize("metric", ["flops", "params"])
+@pytest.mark.parametrize("strategy", [target_plan, knapsack_plan])
+def test_cost_targets_are_met(resnet, metric, strategy):
+    model, a, s = resnet
+    ev = Evaluator(a)
+    plan, rep = strategy(a, s, Target.parse(f"{metric}=40%"), ev)
+    assert rep.met and rep.achieved <= 0.4 * rep.base + 1e-6
+    assert rep.achieved >= 0.3 * rep.base  # close to the target, not far below
+    assert ev.value(metric, plan) == rep.achieved
+
+
+def test_knapsack_keeps_more_importance_than_threshold(resnet):
+    model, a, s = resnet
+    ev = Evaluator(a)
+    t = Target.parse("flops=50%")
+    _, r1 = target_plan(a, s, t, ev)
+    _, r2 = knapsack_plan(a, s, t, ev)
+    best = {r.strategy: max(h["score"] for h in r.history if h["value"] <= r.goal) for r in (r1, r2)}
+    assert best["knapsack"] >= best["target"]
+
+
+def test_impossible_target_strict_raises_and_lenient_warns(resnet):
+    model, a, s = resnet
+    ev = Evaluator(a)
+    c = ChannelConstraint(absolute_min=16, relative_min=0.5)
+    with pytest.raises(TargetNotMetError, match="not met"):
+        target_plan(a, s, Target.parse("flops=1%"), ev, c, strict=True)
+    with pytest.warns(UserWarning, match="not met"):
+        plan, rep = knapsack_plan(a, s, Target.parse("flops=1%"), ev, c)
+    assert not rep.met and rep.message
+    assert rep.achieved == min(h["value"] for h in rep.history)
+
+
+def test_evolutionary_search_resumes_to_the_same_answer(resnet, tmp_path):
+    model, a, s = resnet
+    ev = Evaluator(a)
+    t = Target.parse("flops=50%")
+    full, rep = evolutionary_plan(a, s, t, ev, n_search_steps=60, seed=3)
+    assert rep.met
+    ckpt = tmp_path / "search.json"
+    with pytest.raises(KeyboardInterrupt):
+        evolutionary_plan(a, s, t, ev, n_search_steps=60, seed=3, checkpoint=ckpt, stop_after=25)
+    assert ckpt.exists()
+    resumed, rep2 = evolutionary_plan(a, s, t, ev, n_search_steps=60, seed=3, checkpoint=ckpt)
+    assert resumed.keep == full.keep and rep2.achieved == rep.achieved
+    other, _ = evolutionary_plan(a, s, t, ev, n_search_steps=60, seed=4)
+    assert CostModel(a).flops(other.widths(a)) <= 0.5 * CostModel(a).flops()
+
+
+def test_plan_widths_from_scores(resnet):
+    model, a, s = resnet
+    g = a.prunable_groups[0]
+    plan = Plan.from_widths(a, {g.name: 3}, s.per_group)
+    assert set(plan.keep[g.name]) == set(np.argsort(-s[g.name])[:3].tolist())

