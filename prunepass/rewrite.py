@@ -281,8 +281,9 @@ def prune_program(analysis: Analysis, plan: Plan, *, model: nn.Module | None = N
     """
     plan.validate(analysis)
     gm = analysis.program.module()
+    prefix = "root." if analysis.captured.entry_point != "forward" else ""  # see capture._EntryWrapper
     if model is not None:
-        _load_weights(gm, model)
+        _load_weights(gm, model, prefix)
     rs = Resizer(analysis.flow, analysis.keep_map({n: list(k) for n, k in plan.keep.items()}))
     old_by_name = {n.name: n for n in analysis.flow.graph.nodes}
     for node in gm.graph.nodes:
@@ -291,7 +292,7 @@ def prune_program(analysis: Analysis, plan: Plan, *, model: nn.Module | None = N
             _rewrite_node(old, node, rs)
     gm.recompile()
     for fqn, axes in _touched(analysis, plan).items():
-        owner_path, _, attr = fqn.rpartition(".")
+        owner_path, _, attr = (prefix + fqn).rpartition(".")
         owner = gm.get_submodule(owner_path) if owner_path else gm
         old = getattr(owner, attr)
         new = _slice(old, axes)
@@ -304,9 +305,10 @@ def prune_program(analysis: Analysis, plan: Plan, *, model: nn.Module | None = N
     return torch.export.export(gm, analysis.captured.args, analysis.captured.kwargs, strict=False)
 
 
-def _load_weights(gm: nn.Module, model: nn.Module) -> None:
+def _load_weights(gm: nn.Module, model: nn.Module, prefix: str = "") -> None:
     """Point ``gm``'s parameters and buffers at copies of ``model``'s (by FQN)."""
     src = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
+    src = {prefix + k: v for k, v in src.items()}
     for table_owner in gm.modules():
         prefix = next((n for n, m in gm.named_modules() if m is table_owner), "")
         for table in (table_owner._parameters, table_owner._buffers):

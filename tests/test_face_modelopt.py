@@ -16,6 +16,15 @@ from prunepass.faces.modelopt import BaseSearcher, BinarySearcher, profile, sear
 from prunepass.plan import Plan
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small models on a shared CPU: one intra-op thread is several times faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def digits():
     return models.get("digits_cnn")

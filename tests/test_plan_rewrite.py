@@ -96,3 +96,17 @@ def test_cost_formulas_match_counts_for_random_plans(name):
         widths = plan.widths(a)
         assert cm.params(widths) == count_params(pruned)
         assert cm.flops(widths) == count_flops(pruned, args, kwargs)
+
+
+def test_entry_point_prune_checks_against_program():
+    from tests.test_capture_errors import Net
+
+    model = Net().eval()
+    x = torch.randn(2, 3, 8, 8)
+    a = analyze(model, x, entry_point="backbone.forward_features")
+    g = a.prunable_groups[0]
+    plan = Plan.from_keep(a, {g.name: [0, 1, 2]})
+    pruned = apply_plan(model, a, plan)  # verify=True compares with the pruned program
+    assert pruned.backbone.conv.out_channels == 3
+    prog = prune_program(a, plan, model=model)
+    torch.testing.assert_close(prog.module()(x), pruned.backbone.forward_features(x))

@@ -452,6 +452,10 @@ class BaseSearcher(ABC):
         if config["forward_loop"] is not None and (config["data_loader"] is not None
                                                    or config["collect_func"] is not None):
             raise ValueError("provide either forward_loop or data_loader (+ collect_func), not both")
+        loader = config["data_loader"]
+        if loader is not None and iter(loader) is loader:
+            raise ValueError("data_loader must be re-iterable (a DataLoader or a list of batches), not a one-shot "
+                             "iterator: it is run once per evaluated subnet")
         if config["loss_func"] is not None and config["data_loader"] is None:
             raise ValueError("loss_func needs a data_loader to compute gradient scores")
         for key in ("score_func", "loss_func", "forward_loop", "collect_func"):
@@ -524,7 +528,10 @@ class BaseSearcher(ABC):
         widths = {n: int(w) for n, w in self.best["widths"].items() if n in self.choices}
         plan = self._space.plan(widths, self.importance, searcher=type(self).__name__,
                                 constraints={k: str(v) for k, v in self.constraints.items()})
-        subnet = apply_plan(self.model, self.analysis, plan, inplace=bool(self.config["inplace"]), verify=True)
+        # verified on a copy first, so a model the eager rewrite cannot follow is never left half-pruned
+        subnet = apply_plan(self.model, self.analysis, plan, inplace=False, verify=True)
+        if self.config["inplace"]:
+            subnet = apply_plan(self.model, self.analysis, plan, inplace=True, verify=False)
         subnet.eval()
         self.recalibrate(subnet)
         self.subnet = subnet
@@ -534,7 +541,7 @@ class BaseSearcher(ABC):
         self.best["constraints"] = dict(self.limits)
         self.best["score"] = self.eval_score(model=subnet) if self.has_score else None
         self.best["num_score_evaluations"] = self.num_score_evaluations
-        self.best.update(copy.deepcopy(self.state_dict()))
+        self.best = {**copy.deepcopy(self.state_dict()), **self.best}
 
     # ------------------------------------------------------------------ scores and data
     @property
