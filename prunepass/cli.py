@@ -41,8 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("-q", "--quiet", action="store_true", help="only errors and the requested output")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress bars or info logs")
 
-    ins = sub.add_parser("inspect", help="show the IR dump: symbolic shapes, channel groups, barriers",
+    ins = sub.add_parser("inspect", parents=[common], help="show the IR dump: symbolic shapes, channel groups, barriers",
                          description="Capture MODEL with torch.export, run the channel dataflow and print "
                          "one line per node with symbolic channel shapes, then every group (prunable or not, "
                          "with reasons) and every barrier.", epilog=EPILOG,
@@ -57,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("-o", "--output", type=Path, help="write to this file instead of stdout")
     ins.set_defaults(func=cmd_inspect)
 
-    prof = sub.add_parser("profile", help="FLOPs / params (/ latency) of the original and min/centroid/max sub-nets",
+    prof = sub.add_parser("profile", parents=[common], help="FLOPs / params (/ latency) of the original and min/centroid/max sub-nets",
                           description="Size of the search space and the cost of its extreme sub-nets, from the "
                           "cost formulas (instant); --latency also measures onnxruntime latency.", epilog=EPILOG,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -68,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--json", action="store_true", help="print JSON")
     prof.set_defaults(func=cmd_profile)
 
-    pr = sub.add_parser("prune", help="prune to a target and write the pruned model, plan, ONNX and report",
+    pr = sub.add_parser("prune", parents=[common], help="prune to a target and write the pruned model, plan, ONNX and report",
                         description="Capture, score channels (gradients on calibration data, magnitude without "
                         "data), select channels under the target, rewrite, export ONNX and measure.",
                         epilog=EPILOG + """
@@ -97,7 +101,7 @@ data:
     pr.add_argument("--out", type=Path, default=Path("prunepass_out"), help="output folder (default prunepass_out)")
     pr.set_defaults(func=cmd_prune)
 
-    lat = sub.add_parser("latency", help="robust onnxruntime latency of an ONNX file",
+    lat = sub.add_parser("latency", parents=[common], help="robust onnxruntime latency of an ONNX file",
                          description="Fixed threads, sequential execution, warm-up, many runs; reports p10, "
                          "median, p90 and the spread.  On shared machines trust p10 and the median.")
     lat.add_argument("onnx", type=Path, help="model.onnx")
@@ -109,7 +113,7 @@ data:
     lat.add_argument("--json", action="store_true")
     lat.set_defaults(func=cmd_latency)
 
-    ex = sub.add_parser("export", help="re-apply a saved plan to MODEL and emit ONNX", epilog=EPILOG,
+    ex = sub.add_parser("export", parents=[common], help="re-apply a saved plan to MODEL and emit ONNX", epilog=EPILOG,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     _model_args(ex)
     ex.add_argument("--plan", type=Path, required=True, help="plan.json written by prune")
@@ -120,7 +124,7 @@ data:
     ex.add_argument("--program", action="store_true", help="rewrite the exported program instead of the module")
     ex.set_defaults(func=cmd_export)
 
-    demo = sub.add_parser("demo", help="the main job on built-in data: train, prune to a latency target, report",
+    demo = sub.add_parser("demo", parents=[common], help="the main job on built-in data: train, prune to a latency target, report",
                           description="Trains the built-in digits CNN on scikit-learn's digits, prunes it to a "
                           "latency target with gradient importance, re-calibrates BatchNorm, fine-tunes briefly "
                           "and prints original vs pruned FLOPs, params, ORT latency and accuracy.")
@@ -239,11 +243,9 @@ def _load_data(spec: str, model):
     made = getattr(importlib.import_module(mod_name), attr)()
     if isinstance(made, tuple) and len(made) == 2 and callable(made[1]):
         return made
-    from prunepass.data import builtin_calibration  # noqa: F401 - documented alternative
-
     import torch.nn.functional as F  # noqa: N812
 
-    return made, lambda out, batch: F.cross_entropy(out, batch[1])
+    return made, lambda out, batch: F.cross_entropy(out, batch[1])  # a plain loader: (x, label) batches
 
 
 def cmd_latency(args: argparse.Namespace) -> int:
@@ -319,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     except PrunepassError as exc:
         print(f"prunepass {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_MODEL
+    except OSError as exc:
+        print(f"prunepass {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (KeyError, ValueError) as exc:
         print(f"prunepass {args.command}: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -199,6 +199,11 @@ def test_fastnas_needs_score_func_and_rejects_unknown_keys(digits):
     model, inputs = digits
     with pytest.raises(ValueError, match="score_func"):
         search(model, {"flops": "60%"}, inputs, {"verbose": False})
+    with pytest.raises(ValueError, match="re-iterable"):
+        search(model, {"flops": "60%"}, inputs, {"score_func": lambda m: 0.0, "data_loader": iter([(1, 2)])})
+    with pytest.raises(ValueError, match="not both"):
+        search(model, {"flops": "60%"}, inputs, {"score_func": lambda m: 0.0, "data_loader": [],
+                                                 "forward_loop": lambda m: None})
     with pytest.raises(ValueError, match="unexpected config keys"):
         search(model, {"flops": "60%"}, inputs, {"score_func": lambda m: 0.0, "n_epochs": 3})
 
@@ -285,10 +290,22 @@ def test_user_searcher_subclass(digits, tmp_path):
     assert state["tried"][1.0] is False and state["tried"][0.7] is True and 0.6 not in state["tried"]
     assert score.calls == 1 and state["score"] < 0.0
     assert torch.load(ckpt, weights_only=True)["state"]["tried"] == state["tried"]
-    # the same instance API, and a checkpoint from another searcher is refused
+    # the instance API, with a user forward loop recalibrating BatchNorm of the result
+    seen = []
+
+    def forward_loop(m):
+        seen.append(m.training)
+        for i in range(3):
+            m(torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(i)) * 16)
+
     sub2, state2 = UniformSearcher().search(copy.deepcopy(base), {"flops": "50%"}, inputs,
-                                            {"verbose": False, "inplace": False})
+                                            {"verbose": False, "inplace": False, "forward_loop": forward_loop})
     assert state2["widths"] == state["widths"]
+    assert seen == [False]  # the model is in eval mode; only its BatchNorm layers train
+    assert not any(m.training for m in sub2.modules())
+    with torch.no_grad():
+        assert not torch.allclose(sub2.features[1].running_mean, subnet.features[1].running_mean)
+    # a checkpoint from another searcher is refused
     with pytest.raises(ValueError, match="UniformSearcher"):
         BinarySearcher().search(copy.deepcopy(base), {"flops": "50%"}, inputs,
                                 {"score_func": score, "verbose": False, "checkpoint": str(ckpt)})

@@ -83,8 +83,6 @@ SearchStateDict = dict[str, Any]
 ForwardLoop = Callable[[nn.Module], None]
 
 METRICS = ("flops", "params", "latency")
-#: measured latencies within this factor of the bound count as satisfied (prunepass's core rule)
-LATENCY_SLACK = 1.07
 _CHECKPOINT_FORMAT = "prunepass.faces.modelopt/1"
 
 
@@ -97,6 +95,12 @@ def _num2hrb(x: float) -> str:
         if abs(x) >= div:
             return f"{x / div:.2f}{unit}"
     return f"{x:.2f}" if isinstance(x, float) and not float(x).is_integer() else f"{int(x)}"
+
+
+def _fmt_metric(metric: str, v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.3g} ms" if metric == "latency" else _num2hrb(v)
 
 
 @contextlib.contextmanager
@@ -171,9 +175,8 @@ def _latency_oracle(analysis: Analysis, deployment: dict[str, Any] | None) -> La
 
 
 def _satisfied(metric: str, value: float, bound: float | None) -> bool:
-    if bound is None:
-        return True
-    return value <= bound * (LATENCY_SLACK if metric == "latency" else 1.0 + 1e-9)
+    """An upper bound, strictly (measured latencies too: noise is the user's margin to choose)."""
+    return bound is None or value <= bound * (1.0 + 1e-9)
 
 
 class _Space:
@@ -307,8 +310,8 @@ def _profile_space(space: _Space, *, strict: bool, verbose: bool, use_centroid: 
     if not is_all_sat:
         bad = [m for m, c in stats["constraints"].items() if not c["satisfiable"]]
         msg = ("NOT all constraints can be satisfied within the search space: "
-               + ", ".join(f"{m} <= {_num2hrb(space.limits[m])} but the smallest subnet has "
-                           f"{_num2hrb(info['min'][m])}" for m in bad)
+               + ", ".join(f"{m} <= {_fmt_metric(m, space.limits[m])} but the smallest subnet has "
+                           f"{_fmt_metric(m, info['min'][m])}" for m in bad)
                + ". Relax the constraints or the channel constraint (minimum widths).")
         if strict:
             raise ValueError(msg)
@@ -323,19 +326,14 @@ def format_profile(stats: dict[str, Any], choices: dict[str, list[int]] | None =
     lines = [f"Profiling the following subnets from the given model: {subnets}.", "-" * 80,
              "Profiling Results",
              f"{'Constraint':<12}" + "".join(f"{s:>14}" for s in subnets) + f"{'max/min ratio':>16}"]
-    def fmt(m: str, v: float | None) -> str:
-        if v is None:
-            return "-"
-        return f"{v:.3g} ms" if m == "latency" else _num2hrb(v)
-
     for m in metrics:
-        lines.append(f"{m:<12}" + "".join(f"{fmt(m, stats[s][m]):>14}" for s in subnets)
+        lines.append(f"{m:<12}" + "".join(f"{_fmt_metric(m, stats[s][m]):>14}" for s in subnets)
                      + f"{stats['max/min ratio'][m]:>16.2f}")
     if stats.get("constraints"):
         lines += ["", "Constraints Evaluation",
                   f"{'Constraint':<12}{'Upper Bound':>14}{'Satisfiable Upper Bound':>26}"]
         for m, c in stats["constraints"].items():
-            lines.append(f"{m:<12}{fmt(m, c['upper_bound']):>14}"
+            lines.append(f"{m:<12}{_fmt_metric(m, c['upper_bound']):>14}"
                          f"{c['satisfiable']!s:>26}")
     if choices:
         lines += ["", "Search Space Summary", "-" * 80]
@@ -866,13 +864,14 @@ class BinarySearcher(BaseSearcher):
         self.best["estimated_score"] = float(self.original_score - self.threshold)
         self.save_search_checkpoint()
         self._print(f"Binary search: degradation threshold {self.threshold:.4g} -> "
-                    + ", ".join(f"{m}={_num2hrb(v)}" for m, v in self.metrics(widths).items()))
+                    + ", ".join(f"{m}={_fmt_metric(m, v)}" for m, v in self.metrics(widths).items()))
 
 
 class StrategySearcher(BaseSearcher):
     """prunepass's own selectors behind the searcher interface: ``"knapsack"`` (MILP maximising
     the kept importance), ``"target"`` (binary search on one global importance threshold) or
-    ``"optimal"`` (evolutionary search, checkpointed to ``<checkpoint>.evolution.json``).
+    ``"optimal"`` (evolutionary search, checkpointed next to ``checkpoint`` as
+    ``<checkpoint>.<metric>-<bound>.evolution.json``).
 
     The selectors take one target each.  With several constraints, each is selected for in
     turn; when the result violates another constraint, the bound is bisected downwards until
