@@ -206,3 +206,20 @@ def new_size(x: Factor, sizes: dict[Sym, int], keep: dict[Sym, list[int]]) -> in
             p *= new_size(f, sizes, keep)
         total += p
     return total
+
+
+def owner_indices(x: Factor, sizes: dict[Sym, int], target: Sym) -> list[int]:
+    """For every flat index of ``x``, the index along ``target`` it belongs to (-1 if ``target``
+    does not occur in that segment).  Linear in the size of ``x``."""
+    if isinstance(x, int):
+        return [-1] * x
+    if isinstance(x, Sym):
+        return list(range(sizes[x])) if x == target else [-1] * sizes[x]
+    out: list[int] = []
+    for seg in x.segs:
+        idx = [-1]
+        for f in seg:
+            sub = owner_indices(f, sizes, target)
+            idx = [i if j < 0 else j for i in idx for j in sub]
+        out.extend(idx)
+    return out

@@ -81,17 +81,17 @@ class _ChannelIndex:
     """For each (group, member), which channel of the group owns each row of the member axis."""
 
     def __init__(self, analysis: Analysis, groups: list[str]) -> None:
+        from prunepass.dims import owner_indices
+        from prunepass.program import _Sizes
+
+        sizes = _Sizes(analysis.flow)
         self.entries: list[tuple[str, str, int, np.ndarray]] = []  # group, fqn, axis, channel_of_row
         for name in groups:
-            g = analysis.group(name)
-            for m in g.members:
-                channel_of_row = np.full(m.shape[m.axis], -1, dtype=np.int64)
-                everything = analysis.kept_indices(m.fqn, m.axis, {})
-                for c in range(g.size):
-                    others = [i for i in range(g.size) if i != c]
-                    without = set(analysis.kept_indices(m.fqn, m.axis, {name: others}))
-                    channel_of_row[[i for i in everything if i not in without]] = c
-                self.entries.append((name, m.fqn, m.axis, channel_of_row))
+            sym = analysis.symbol(name)
+            for m in analysis.group(name).members:
+                d = analysis.axis_expr(m.fqn, m.axis)
+                cor = np.asarray(owner_indices(d, sizes, sym), dtype=np.int64)
+                self.entries.append((name, m.fqn, m.axis, cor))
 
 
 def _reduce(values: torch.Tensor, axis: int, channel_of_row: np.ndarray, size: int) -> np.ndarray:

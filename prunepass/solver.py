@@ -63,6 +63,11 @@ class Solver:
     # ------------------------------------------------------------------ normal form
     def norm(self, x: Factor) -> Dim:
         """Substitute roots and bindings; the result mentions only live (unbound) roots."""
+        if isinstance(x, Dim) and len(x.segs) == 1 and len(x.segs[0]) == 1 and isinstance(x.segs[0][0], Sym):
+            s = x.segs[0][0]
+            r = self.find(s)
+            if r not in self.binding:  # fast path: one live symbol
+                return x if r == s else Dim.sym(r)
         out = self._cache.get(x)
         if out is None:
             out = canon(self._norm(x))

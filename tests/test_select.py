@@ -176,3 +176,22 @@ def test_plan_widths_from_scores(resnet):
     g = a.prunable_groups[0]
     plan = Plan.from_widths(a, {g.name: 3}, s.per_group)
     assert set(plan.keep[g.name]) == set(np.argsort(-s[g.name])[:3].tolist())
+
+
+@pytest.mark.parametrize("name", ["llama", "vit", "shufflenet_v2"])
+def test_channel_ownership_matches_index_maps(name):
+    """owner_indices (used by importance) agrees with kept_indices (used by the rewrite)."""
+    from prunepass.dims import owner_indices
+    from prunepass.program import _Sizes
+
+    model, inputs = models.get(name)
+    a = analyze(model, inputs)
+    sizes = _Sizes(a.flow)
+    for g in a.prunable_groups:
+        for m in g.members:
+            owner = owner_indices(a.axis_expr(m.fqn, m.axis), sizes, a.symbol(g.name))
+            for c in (0, g.size - 1):
+                others = [i for i in range(g.size) if i != c]
+                without = set(a.kept_indices(m.fqn, m.axis, {g.name: others}))
+                expected = [i for i in range(m.shape[m.axis]) if i not in without]
+                assert [i for i, o in enumerate(owner) if o == c] == expected, (g.name, m.fqn)
