@@ -332,11 +332,6 @@ def _prune(model: nn.Module, pruning_info: ModelPruningInfo | Analysis, prune_la
            inplace: bool, verify: bool) -> nn.Module:
     analysis = _analysis(pruning_info)
     plan = Plan.from_prune_labels(analysis, [_as_int(lab) for lab in prune_labels])
-    if analysis.captured.entry_point != "forward":
-        # core limitation: rewrite.prune_program (used by apply_plan's verification) looks the
-        # parameters of a non-forward capture up without the capture wrapper's "root." prefix
-        # and fails, so the eager-vs-program check is skipped for such entry points
-        verify = False
     return apply_plan(model, analysis, plan, inplace=inplace, verify=verify)
 
 
