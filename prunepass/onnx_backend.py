@@ -85,6 +85,7 @@ def clean_onnx(proto: Any) -> Any:
 def _session(proto_or_path: Any, threads: int = 1, provider: str = "CPUExecutionProvider"):
     import onnxruntime as ort
 
+    ort.set_default_logger_severity(3)  # kernel errors become exceptions, not stderr noise
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -228,10 +229,22 @@ class OnnxTemplate:
                                      kwargs=analysis.captured.kwargs or None, dynamo=True, optimize=False,
                                      opset_version=opset, verbose=False)
         self.proto = prog.model_proto
+        import onnx.shape_inference
+
+        self.proto = onnx.shape_inference.infer_shapes(self.proto)  # element types for _fold_castlike
+        _fold_castlike(self.proto)
         self.export_seconds = time.perf_counter() - t0
         self._arrays = {i.name: onnx.numpy_helper.to_array(i) for i in self.proto.graph.initializer}
         self._producers = {o: n.op_type for n in self.proto.graph.node for o in n.output}
         self._fx = {n.name: n for n in self.flow.graph.nodes}
+        self._unmapped = [n.name for n in self.proto.graph.node
+                          if n.op_type in _SHAPE_OPS and self._origin_name(n) not in self._fx]
+
+    def _origin_name(self, node: Any) -> str | None:
+        for p in node.metadata_props:
+            if p.key == "pkg.torch.onnx.fx_node":
+                return p.value.split(":", 1)[0].strip().lstrip("%")
+        return None
 
     def _origin(self, node: Any) -> Any:
         for p in node.metadata_props:
@@ -250,6 +263,9 @@ class OnnxTemplate:
         a = self.analysis
         keep = {n: list(k) for n, k in plan.keep.items()}
         sym_keep = a.keep_map(keep)
+        if self._unmapped and sym_keep:
+            raise OnnxExportError(f"fast path cannot trace {len(self._unmapped)} shape node(s) of the ONNX "
+                                  f"template back to the program ({self._unmapped[:3]}); use the full export")
         missing = [s for s in sym_keep if s not in self._sym_map]
         if missing:
             raise OnnxExportError(f"fast path cannot map {len(missing)} group(s) onto the ONNX program; "
@@ -421,3 +437,42 @@ def _symbol_map(analysis: Any, flow: Any) -> dict:
             if mine is not None:
                 walk(mine, flow.solver.norm(d))
     return out
+
+
+_SHAPE_OPS = {"Reshape", "Expand", "Split", "SplitToSequence", "Slice", "Tile", "ConstantOfShape"}
+
+
+def _fold_castlike(proto: Any) -> None:
+    """Replace ``CastLike(constant, x)`` by a constant of x's type (float32 here).  The exporter
+    emits them for scalars (clip bounds, zero biases); because they depend on a graph input,
+    onnxruntime cannot fold them and then misses Conv+BatchNorm / Conv+Clip fusions."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = proto.graph
+    consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    for n in g.node:
+        if n.op_type == "Constant":
+            for attr in n.attribute:
+                value = helper.get_attribute_value(attr)
+                consts[n.output[0]] = numpy_helper.to_array(value) if attr.name == "value" else np.asarray(value)
+    float_inputs = {i.name for i in g.input if i.type.tensor_type.elem_type == TensorProto.FLOAT}
+    keep = []
+    for n in g.node:
+        if n.op_type == "CastLike" and n.input[0] in consts and (n.input[1] in float_inputs or _is_float(n.input[1], g)):
+            value = consts[n.input[0]].astype(np.float32)
+            g.initializer.append(numpy_helper.from_array(value, n.output[0]))
+            consts[n.output[0]] = value
+            continue
+        keep.append(n)
+    del g.node[:]
+    g.node.extend(keep)
+
+
+def _is_float(name: str, g: Any) -> bool:
+    """Whether a tensor is float32 according to the template's recorded value_info."""
+    from onnx import TensorProto
+
+    for vi in list(g.value_info) + list(g.output):
+        if vi.name == name:
+            return vi.type.tensor_type.elem_type == TensorProto.FLOAT
+    return False

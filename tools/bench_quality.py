@@ -635,6 +635,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, S
 def main(argv: Sequence[str] | None = None) -> int:
     a, s = parse_args(argv)
     quiet()
+    torch.set_num_threads(1)  # 2-core shared machine: one torch thread contends less with onnxruntime's
     torch.manual_seed(s.seed)
     m = machine()
     print("machine: " + ", ".join(f"{k} {v}" for k, v in m.items()))
