@@ -216,7 +216,9 @@ def knapsack_plan(analysis: Analysis, scores: Scores, target: Target, evaluator:
         # (a is the per-op overhead FLOPs do not see) and re-solves for the FLOPs budget
         if target.metric == "latency":
             points.append((float(proxy(new)), achieved))
-            budget = _latency_budget(points, goal, cost.flops())
+            refit = _latency_budget(points, goal, cost.flops())
+            # a noisy fit may not move the answer: fall back to rescaling by the miss
+            budget = refit if new != cur else budget * goal / achieved * (0.98 if achieved > goal else 1.02)
         else:
             budget = budget - (proxy(new) - goal)
         if new == cur and achieved <= goal:
