@@ -778,9 +778,8 @@ def _summary(selector: Any, evaluator: _UserLatencyEvaluator, plan: Plan, info: 
             f"(target {selector.target_latency:.6g}{', met' if achieved <= selector.target_latency else ', NOT met'}); "
             f"{len(evaluator.cache)} candidates measured ({len(evaluator.failed)} failed); "
             f"{len(plan.prune_labels(info.analysis))} labels pruned")
-    log.info(text)
-    if verbose:
-        print(text)
+    # verbose selectors report at WARNING so the summary shows with default logging settings
+    log.log(logging.WARNING if verbose else logging.INFO, text)
 
 
 # ====================================================================== high-level interface

@@ -677,8 +677,8 @@ class BaseSearcher(ABC):
 
     # ------------------------------------------------------------------ output
     def _print(self, msg: str) -> None:
-        if self.config.get("verbose"):
-            print(msg)
+        # verbose searches report at WARNING so progress shows with default logging settings
+        log.log(logging.WARNING if self.config.get("verbose") else logging.DEBUG, msg)
 
 
 def _recalibrate_bn_with_loop(model: nn.Module, forward_loop: ForwardLoop) -> None:
