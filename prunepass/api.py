@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,7 @@ from prunepass.select.uniform import uniform_plan
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("auto", "uniform", "global", "target", "knapsack", "optimal")
+LATENCY_STEP = 8
 
 
 @dataclass
@@ -56,6 +59,10 @@ def select_plan(analysis: Analysis, scores: Scores, target: Target, *, strategy:
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
     evaluator = evaluator or Evaluator(analysis)
+    if target.metric == "latency" and (constraint is None or constraint.step is None):
+        # odd channel counts run slower than round ones in onnxruntime's CPU kernels (a pruned
+        # network can end up slower than the original): latency targets use multiples of 8
+        constraint = dataclasses.replace(constraint or ChannelConstraint(), step=LATENCY_STEP)
     if target.metric == "ratio":
         if strategy in ("auto", "uniform"):
             return uniform_plan(analysis, target.value, ranking_scores(scores), constraint), None
@@ -147,6 +154,10 @@ def _emit_and_measure(result: PruneResult, original: nn.Module, out_dir: str | P
         rounds["pruned"].append(measure_latency(proto, threads=threads, runs=100, warmup=10))
     lat = {k: {"median_ms": sorted(s.median for s in v)[1], "p10_ms": min(s.p10 for s in v)} for k, v in rounds.items()}
     lat["ratio"] = lat["pruned"]["median_ms"] / lat["original"]["median_ms"]
+    if lat["ratio"] >= 1.0:
+        lat["slower_than_original"] = True
+        warnings.warn(f"the pruned network measured {lat['ratio']:.2f}x the original latency; try a larger "
+                      "width step (ChannelConstraint(step=16)) or a FLOPs target", stacklevel=3)
     if result.search is not None and result.search.target.startswith("latency"):
         lat["predicted_ms"] = result.search.achieved
         goal = result.search.goal
