@@ -101,6 +101,10 @@ def prune(model: nn.Module, example_inputs: Any, *, data: Iterable | None = None
                            show_progress=show_progress, **sample_fns)
     else:
         scores = magnitude_scores(model, a)
+    if not sum(scores.group_totals().values()) > 0:
+        warnings.warn(f"{scores.criterion} scores are all zero (does the loss have a gradient?); "
+                      "falling back to weight magnitude", stacklevel=2)
+        scores = magnitude_scores(model, a)
     oracle = LatencyOracle(a, threads=threads) if target.metric == "latency" else None
     evaluator = Evaluator(a, CostModel(a), oracle)
     plan, search = select_plan(a, scores, target, strategy=strategy, constraint=constraint, evaluator=evaluator,

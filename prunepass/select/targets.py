@@ -78,7 +78,7 @@ class LatencyOracle:
     candidate's own cost on a shared machine; each candidate is also scaled by the unpruned
     model timed right before and after it.  Final reports give the median and p10."""
 
-    def __init__(self, analysis: Analysis, *, threads: int = 1, runs: int = 40, warmup: int = 5,
+    def __init__(self, analysis: Analysis, *, threads: int = 1, runs: int = 60, warmup: int = 10,
                  use_fast_path: bool = True, statistic: str = "p10") -> None:
         self.analysis = analysis
         self.threads, self.runs, self.warmup = threads, runs, warmup
