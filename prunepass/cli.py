@@ -249,12 +249,12 @@ def _load_data(spec: str, model):
 
 
 def cmd_latency(args: argparse.Namespace) -> int:
-    from prunepass.onnx_backend import _session, measure_latency, random_feeds
+    from prunepass.onnx_backend import make_session, measure_latency, random_feeds
 
     if not args.onnx.exists():
         print(f"prunepass latency: error: no such file: {args.onnx}", file=sys.stderr)
         return EXIT_USAGE
-    sess = _session(args.onnx, args.threads, args.provider)
+    sess = make_session(args.onnx, args.threads, args.provider)
     stats = measure_latency(None, random_feeds(sess, args.batch), threads=args.threads, warmup=args.warmup,
                             runs=args.runs, provider=args.provider, session=sess)
     _emit(json.dumps(stats.to_dict(), indent=1) if args.json else str(stats), None)

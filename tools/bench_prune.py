@@ -167,16 +167,10 @@ def timed(fn: Callable[[], T]) -> tuple[T, float]:
 
 # --------------------------------------------------------------------------- onnxruntime helpers
 def make_session(proto: Any, threads: int) -> Any:
-    """An onnxruntime session configured like ``prunepass.onnx_backend`` does for latency."""
-    import onnxruntime as ort
+    """An onnxruntime session configured like prunepass times candidates."""
+    from prunepass.onnx_backend import make_session as _make
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return _make(proto, threads)
 
 
 def make_feeds(session: Any, args: tuple, kwargs: dict) -> dict[str, np.ndarray] | None:
