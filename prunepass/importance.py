@@ -1,7 +1,7 @@
 """Channel importance gathered on the eager model.
 
-* ``taylor`` (default): first-order Taylor, ``sum over steps |sum over a channel's weights of
-  w * dL/dw|``, summed over every member of the group;
+* ``taylor`` (default): first-order Taylor, ``|w * dL/dw|`` summed over every weight of the
+  channel in every member of the group and over the calibration steps;
 * ``fisher``: ``sum over steps (sum over members of w * dL/dw)^2`` (a diagonal Fisher /
   second-order estimate of the loss increase when the channel is removed);
 * ``magnitude``: L1 norm of the channel's weights over all members (needs no data).
@@ -169,11 +169,12 @@ class Calibrator:
                 return
             wg = (p.detach() * p.grad.detach())
             for name, axis, cor in entries:
-                term = _reduce(wg, axis, cor, self.analysis.group(name).size)
+                size = self.analysis.group(name).size
                 if self.criterion == "taylor":
-                    self._acc[name] += np.abs(term)
+                    # |w * dL/dw| per weight, summed: signed sums over a whole head cancel out
+                    self._acc[name] += _reduce(wg.abs(), axis, cor, size)
                 else:
-                    self._step_terms[name] = self._step_terms.get(name, 0.0) + term
+                    self._step_terms[name] = self._step_terms.get(name, 0.0) + _reduce(wg, axis, cor, size)
             p.grad = None  # nothing left behind, and no growth across steps
             if p is self._params.get(self._first_param):
                 self._end_step()
