@@ -34,8 +34,10 @@ def _plots(report: dict[str, Any], out: Path) -> list[tuple[str, str]]:
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.scatter([h["value"] for h in hist], [h["score"] for h in hist], s=14, color="#8aa6c8", label="explored")
         ax.axvline(search["goal"], color="#c0392b", linestyle="--", label="target")
-        ax.scatter([search["achieved"]], [max(h["score"] for h in hist if h["value"] == search["achieved"])],
-                   s=80, color="#e67e22", marker="*", zorder=3, label="chosen")
+        # the chosen plan's score (its final timing may be a re-measurement, so match the nearest value)
+        chosen = min(hist, key=lambda h: (abs(h["value"] - search["achieved"]), -h["score"]))
+        ax.scatter([search["achieved"]], [chosen["score"]], s=80, color="#e67e22", marker="*", zorder=3,
+                   label="chosen")
         ax.set_xlabel(f"{metric} ({'ms' if metric == 'latency' else 'count'})")
         ax.set_ylabel("kept importance")
         ax.set_title(f"Search trade-off ({search['strategy']})")

@@ -1,0 +1,26 @@
+"""The human report: Markdown plus the three plots, also when the chosen latency was re-timed."""
+
+from __future__ import annotations
+
+from prunepass.report import summary_rows, write_markdown
+
+
+def test_report_plots_with_retimed_answer(tmp_path):
+    report = {
+        "target": "latency=60%", "strategy": "knapsack", "criterion": "taylor", "met": True, "message": "",
+        "flops": {"original": 1000, "pruned": 400}, "params": {"original": 100, "pruned": 50},
+        "groups": [{"name": "g0", "size": 16, "kept": 8, "tags": [], "modules": ["conv1"]}],
+        "search": {"strategy": "knapsack", "target": "latency=60%", "base": 1.0, "goal": 0.6,
+                   "achieved": 0.58,  # re-timed: not one of the history values
+                   "history": [{"value": 0.9, "score": 0.9}, {"value": 0.55, "score": 0.7}]},
+        "latency": {"original": {"median_ms": 1.0, "p10_ms": 0.9}, "pruned": {"median_ms": 0.59, "p10_ms": 0.55},
+                    "ratio": 0.59, "predicted_ms": 0.58, "goal_ms": 0.6},
+        "accuracy": {"original": 0.99, "pruned": 0.9, "finetuned": 0.98},
+    }
+    path = write_markdown(report, tmp_path)
+    text = path.read_text()
+    for png in ("widths.png", "tradeoff.png", "latency.png"):
+        assert (tmp_path / png).stat().st_size > 2000 and f"({png})" in text
+    rows = {r[0]: r for r in summary_rows(report)}
+    assert rows["FLOPs"][3] == "0.400" and rows["accuracy after fine-tune"][2] == "0.9800"
+    assert "target 0.600 ms" in text
