@@ -24,16 +24,15 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import signal
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from _timeout import time_limit  # noqa: E402 - sibling helper (tools/ is on sys.path)
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
@@ -244,25 +243,6 @@ def summarize_tp(runs: Sequence[TpRun], error: str | None) -> TorchPruning:
     if error is not None or not runs:
         return TorchPruning(error=error or "no runs")
     return TorchPruning(seconds=statistics.median(s for s, _ in runs), groups=runs[-1][1])
-
-
-@contextmanager
-def time_limit(seconds: float | None) -> Iterator[None]:
-    """Raise ``TimeoutError`` in the block after ``seconds`` (POSIX main thread; no limit elsewhere)."""
-    if not seconds or not hasattr(signal, "SIGALRM"):
-        yield
-        return
-
-    def on_alarm(_signum: int, _frame: Any) -> None:
-        raise TimeoutError(f"gave up after {seconds:g} s")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def _attempt(fn: Callable[[], Any], timeout: float | None = None) -> tuple[Any, str | None]:

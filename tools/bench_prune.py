@@ -30,18 +30,17 @@ import json
 import logging
 import os
 import platform
-import signal
 import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from _timeout import time_limit  # noqa: E402 - sibling helper (tools/ is on sys.path)
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
@@ -128,25 +127,6 @@ def _ratio(num: float | None, den: float | None) -> float | None:
 def _short_error(exc: BaseException) -> str:
     first_line = (str(exc).strip().splitlines() or [""])[0]
     return f"{type(exc).__name__}: {first_line}"[:300]
-
-
-@contextmanager
-def time_limit(seconds: float | None) -> Iterator[None]:
-    """Raise ``TimeoutError`` in the block after ``seconds`` (POSIX main thread; no limit elsewhere)."""
-    if not seconds or not hasattr(signal, "SIGALRM"):
-        yield
-        return
-
-    def on_alarm(_signum: int, _frame: Any) -> None:
-        raise TimeoutError(f"gave up after {seconds:g} s")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def attempt(fn: Callable[[], T]) -> tuple[T | None, str | None]:

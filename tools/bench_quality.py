@@ -139,16 +139,10 @@ def short_error(exc: BaseException) -> str:
 
 # --------------------------------------------------------------------------- latency
 def make_session(proto: Any, threads: int) -> Any:
-    """An onnxruntime session configured like ``prunepass.onnx_backend`` does for latency."""
-    import onnxruntime as ort
+    """An onnxruntime session set up exactly as prunepass times latency."""
+    from prunepass.onnx_backend import make_session as _make
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return _make(proto, threads)
 
 
 class Timed:
