@@ -25,7 +25,7 @@ from prunepass.errors import CaptureError, EntryPointError, InputStructureError
 
 log = logging.getLogger(__name__)
 
-_WRAPPER_PREFIX = "root."
+WRAPPER_PREFIX = "root."
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,12 @@ class Captured:
     warnings: tuple[str, ...] = field(default=())
     #: placeholder -> earlier placeholder holding the same tensor (tied weights)
     aliases: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def module_prefix(self) -> str:
+        """Prefix of module paths inside the program (``root.`` when a non-forward entry point
+        was captured through the wrapper module), empty otherwise."""
+        return WRAPPER_PREFIX if self.entry_point != "forward" else ""
 
     def fqn(self, placeholder: str) -> str | None:
         gi = self.inputs.get(placeholder)
@@ -147,7 +153,7 @@ def capture(
         raise CaptureError(_explain_export_failure(exc, entry_point, strict)) from exc
     seconds = time.perf_counter() - t0
     inputs: dict[str, GraphInput] = {}
-    prefix = _WRAPPER_PREFIX if target is not model else ""
+    prefix = WRAPPER_PREFIX if target is not model else ""
     for spec in program.graph_signature.input_specs:
         name = getattr(spec.arg, "name", None)
         if name is None:

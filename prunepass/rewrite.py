@@ -159,7 +159,7 @@ def apply_plan(model: nn.Module, analysis: Analysis, plan: Plan, *, inplace: boo
 def _fix_attention_attrs(model: nn.Module, analysis: Analysis, plan: Plan) -> None:
     """Update head counts / head sizes of modules that call scaled_dot_product_attention."""
     rs = Resizer(analysis.flow, analysis.keep_map({n: list(k) for n, k in plan.keep.items()}))
-    prefix = "root." if analysis.captured.entry_point != "forward" else ""
+    prefix = analysis.captured.module_prefix
     for node in analysis.flow.graph.nodes:
         if node.target is not torch.ops.aten.scaled_dot_product_attention.default:
             continue
@@ -281,7 +281,7 @@ def prune_program(analysis: Analysis, plan: Plan, *, model: nn.Module | None = N
     """
     plan.validate(analysis)
     gm = analysis.program.module()
-    prefix = "root." if analysis.captured.entry_point != "forward" else ""  # see capture._EntryWrapper
+    prefix = analysis.captured.module_prefix
     if model is not None:
         _load_weights(gm, model, prefix)
     rs = Resizer(analysis.flow, analysis.keep_map({n: list(k) for n, k in plan.keep.items()}))

@@ -36,7 +36,7 @@ import torch
 from torch import fx, nn
 
 from prunepass.analysis import Analysis, analyze
-from prunepass.capture import resolve_entry_point
+from prunepass.capture import WRAPPER_PREFIX, resolve_entry_point
 from prunepass.errors import LatencyMeasurementError
 from prunepass.importance import Calibrator, Scores, calibrate, magnitude_scores
 from prunepass.importance import default_sample_to_model_inputs as default_sample_to_model_inputs
@@ -920,8 +920,8 @@ def get_module_name_by_tracing_node(node: fx.Node) -> str:
     if not stack:
         raise ValueError(f"node {node.name} carries no module information")
     name = list(stack.values())[-1][0]
-    if name.startswith("root."):  # non-forward entry points are captured through a wrapper
-        name = name[len("root."):]
+    if name.startswith(WRAPPER_PREFIX):  # non-forward entry points are captured through a wrapper
+        name = name[len(WRAPPER_PREFIX):]
     elif name == "root":
         name = ""
     return name
