@@ -145,12 +145,12 @@ def _emit_and_measure(result: PruneResult, original: nn.Module, out_dir: str | P
     a = result.analysis
     args, kwargs = a.captured.args, a.captured.kwargs
     path = Path(out_dir) / "model.onnx" if out_dir is not None else None
-    target = result.model if a.captured.entry_point == "forward" else _EntryModule(result.model, a.captured.entry_point)
+    target = _entry_module(result.model, a.captured.entry_point)
     proto = export_onnx(target, args, kwargs, path)
     result.onnx_path = path
     if not measure:
         return
-    base_target = original if a.captured.entry_point == "forward" else _EntryModule(original, a.captured.entry_point)
+    base_target = _entry_module(original, a.captured.entry_point)
     base_proto = export_onnx(base_target, args, kwargs, verify=False)
     rounds = {"original": [], "pruned": []}
     for _ in range(3):  # interleave to share the machine's drift
@@ -173,16 +173,14 @@ def _emit_and_measure(result: PruneResult, original: nn.Module, out_dir: str | P
     result.report["latency"] = lat
 
 
-class _EntryModule(nn.Module):
-    def __init__(self, model: nn.Module, entry_point: str) -> None:
-        super().__init__()
-        self.model = model
-        self.entry_point = entry_point
+def _entry_module(model: nn.Module, entry_point: str) -> nn.Module:
+    """The module itself, or the capture's wrapper that calls a non-forward entry point."""
+    from prunepass.capture import _EntryWrapper
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        sub, _, method = self.entry_point.rpartition(".")
-        owner = self.model.get_submodule(sub) if sub else self.model
-        return getattr(owner, method)(*args, **kwargs)
+    if entry_point == "forward":
+        return model
+    sub, _, method = entry_point.rpartition(".")
+    return _EntryWrapper(model, sub, method)
 
 
 def write_outputs(result: PruneResult, out: Path) -> None:
