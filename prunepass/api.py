@@ -169,7 +169,7 @@ def _emit_and_measure(result: PruneResult, original: nn.Module, out_dir: str | P
         scale = lat["original"]["median_ms"] / s.base if s.target.endswith("%") else 1.0
         lat["predicted_ms"] = s.achieved * scale
         lat["goal_ms"] = s.goal * scale
-        lat["within_7pct"] = lat["pruned"]["median_ms"] <= 1.07 * lat["goal_ms"]
+        lat["within_7pct"] = abs(lat["pruned"]["median_ms"] / lat["goal_ms"] - 1.0) <= 0.07
     result.report["latency"] = lat
 
 

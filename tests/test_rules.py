@@ -48,6 +48,7 @@ CASES = [
     ("add_broadcast", lambda x, b: x + b, (r(2, 6, 4, 4), r(6, 1, 1)), True),
     ("mul_sub_div", lambda x, y: (x * y - y) / (y.abs() + 1), (r(2, 6), r(2, 6)), True),
     ("where", lambda c, x, y: torch.where(c > 0, x, y), (r(2, 6), r(2, 6), r(1, 6)), True),
+    ("bool_masks", lambda x, y: torch.where(((x > 0) & (y > 0)) | ((x < -1) ^ (y < -1)), x, y), (r(2, 6), r(1, 6)), True),
     ("activations", lambda x: F.hardswish(F.gelu(F.silu(torch.sigmoid(F.relu(x)))) + F.leaky_relu(x) + F.hardtanh(x) + torch.tanh(x) + F.relu6(x) + F.hardsigmoid(x)), (r(2, 6, 3),), True),
     ("softmax_seq", lambda x: F.softmax(x, dim=1), (r(2, 5, 6),), True),
     ("dropout_eval", lambda x: F.dropout(x, 0.5, training=False) * 2, (r(2, 6),), True),

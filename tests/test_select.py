@@ -224,3 +224,31 @@ def test_latency_target_with_deterministic_oracle(resnet, strategy):
     assert rep.met and rep.achieved <= 0.7 * rep.base
     assert rep.achieved >= 0.6 * rep.base  # close to the target, not far below
     assert all(w % 8 == 0 or w == g.size for g in a.prunable_groups for w in [plan.widths(a)[g.name]])
+
+
+def test_fill_spends_latency_left_under_the_goal(resnet):
+    """The MILP's FLOPs proxy can land far under a latency goal; the fill step widens groups
+    (most kept importance per latency first) while the measured latency still fits."""
+    from prunepass.select.strategies import _fill_latency, kept_value, plan_from_widths, ranking_scores
+
+    model, a, s = resnet
+    stub = _StubLatency(a)
+    ev = Evaluator(a, CostModel(a), stub)
+    rank = ranking_scores(s)
+    c = ChannelConstraint(step=8)
+    options = {g.name: allowed_widths(g, c) for g in a.prunable_groups if g.name in rank}
+    low = {name: opts[len(opts) // 3] for name, opts in options.items()}
+    plan = plan_from_widths(a, low, rank)
+    value = sum(kept_value(rank[k], w) for k, w in low.items())
+    start = stub(plan)
+    goal = start * 1.25
+    points = [(float(ev.cost.flops()), stub(Plan.from_keep(a, {}))), (float(ev.cost.flops(low)), start)]
+    history: list = []
+    new_plan, achieved, new_value = _fill_latency(a, ev, rank, options, (plan, start, value), goal, points, history,
+                                                  max_measurements=40)
+    assert achieved == pytest.approx(stub(new_plan))
+    assert start < achieved <= goal
+    assert new_value > value
+    widths = new_plan.widths(a)
+    assert all(widths[k] >= low[k] for k in low) and any(widths[k] > low[k] for k in low)
+    assert len(history) <= 40

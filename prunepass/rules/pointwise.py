@@ -41,6 +41,8 @@ BROADCAST = [
     "ge.Tensor", "logical_and.default", "logical_or.default", "lerp.Scalar", "lerp.Tensor",
     "addcmul.default", "addcdiv.default", "copy_.default", "copy.default", "clamp.Tensor",
     "atan2.default", "remainder.Scalar", "remainder.Tensor", "fmod.Scalar",
+    "__and__.Tensor", "__or__.Tensor", "__xor__.Tensor", "bitwise_and.Tensor", "bitwise_or.Tensor",
+    "bitwise_xor.Tensor", "logical_xor.default",
 ]
 
 # reductions: (op spec, exact-when-channels-are-zero?)
