@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import time
@@ -17,7 +18,14 @@ from torch import nn
 
 from prunepass.analysis import Analysis, analyze
 from prunepass.costs import CostModel
-from prunepass.importance import Scores, calibrate, finetune_bn, magnitude_scores
+from prunepass.importance import (
+    Scores,
+    calibrate,
+    call_model,
+    default_sample_to_model_inputs,
+    finetune_bn,
+    magnitude_scores,
+)
 from prunepass.plan import Plan
 from prunepass.rewrite import apply_plan
 from prunepass.select.constraints import ChannelConstraint
@@ -36,6 +44,7 @@ log = logging.getLogger(__name__)
 
 STRATEGIES = ("auto", "uniform", "global", "target", "knapsack", "optimal")
 LATENCY_STEP = 8
+PLAN_LOSS_BATCHES = 4  # calibration batches a search may use to compare its finalists by loss
 
 
 @dataclass
@@ -106,7 +115,9 @@ def prune(model: nn.Module, example_inputs: Any, *, data: Iterable | None = None
                       "falling back to weight magnitude", stacklevel=2)
         scores = magnitude_scores(model, a)
     oracle = LatencyOracle(a, threads=threads) if target.metric == "latency" else None
-    evaluator = Evaluator(a, CostModel(a), oracle)
+    plan_loss = (_plan_loss(model, a, data, loss_fn, entry_point, sample_fns.get("sample_to_model_inputs"))
+                 if data is not None and loss_fn is not None else None)
+    evaluator = Evaluator(a, CostModel(a), oracle, plan_loss)
     plan, search = select_plan(a, scores, target, strategy=strategy, constraint=constraint, evaluator=evaluator,
                                strict=strict, seed=seed, n_search_steps=n_search_steps, checkpoint=checkpoint)
     pruned = apply_plan(model, a, plan, inplace=False)
@@ -121,6 +132,28 @@ def prune(model: nn.Module, example_inputs: Any, *, data: Iterable | None = None
     if out_dir is not None:
         write_outputs(result, Path(out_dir))
     return result
+
+
+def _plan_loss(model: nn.Module, a: Analysis, data: Iterable, loss_fn: Callable[[Any, Any], torch.Tensor],
+               entry_point: str, to_inputs: Callable | None, batches: int = PLAN_LOSS_BATCHES
+               ) -> Callable[[Plan], float] | None:
+    """Mean loss of a pruned copy (eval mode, no grad) on the first calibration batches; lets a
+    search compare a few finalists by what the pruning really costs.  None when ``data`` is a
+    one-shot iterator (it was consumed by calibration)."""
+    if iter(data) is data:
+        return None
+    held = list(itertools.islice(iter(data), batches))
+    if not held:
+        return None
+    to_inputs = to_inputs or default_sample_to_model_inputs
+
+    def loss(plan: Plan) -> float:
+        pruned = apply_plan(model, a, plan, inplace=False, verify=False).eval()
+        with torch.no_grad():
+            return float(sum(float(loss_fn(call_model(pruned, to_inputs(b), entry_point), b)) for b in held)
+                         / len(held))
+
+    return loss
 
 
 def build_report(a: Analysis, plan: Plan, cost: CostModel, target: Target, search: SearchReport | None,

@@ -3,7 +3,9 @@
 For every model it times
 
 * ours: ``capture()`` (torch.export, non-strict) and ``analyze_captured()`` (dataflow + groups);
-* Torch-Pruning: ``DependencyGraph().build_dependency()`` plus enumerating ``get_all_groups()``.
+* Torch-Pruning: ``DependencyGraph().build_dependency()`` plus enumerating ``get_all_groups()``;
+* the "trace floor": ``make_fx`` (pre-dispatch, fake tensors) of the model alone, the tracer
+  torch.export runs inside; no capture built on torch.export can cost less than this.
 
 Each measurement runs ``--repeats`` times (ours and TP interleaved) and the median is reported.
 One untimed warm-up of each side runs first, so one-time torch / export setup is not counted.
@@ -109,6 +111,7 @@ class Ours:
     analysis_s: float | None = None
     reported_export_s: float | None = None  # Captured.export_seconds
     reported_analysis_s: float | None = None  # Analysis.seconds
+    floor_s: float | None = None  # make_fx trace alone: the least any torch.export-based capture costs
     groups: int | None = None
     prunable: int | None = None
     error: str | None = None
@@ -154,12 +157,32 @@ def _short_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first_line}"[:200]
 
 
-# (export s, analysis s, Captured.export_seconds, Analysis.seconds, groups, prunable groups)
-OursRun = tuple[float, float, float, float, int, int]
+# (export s, analysis s, Captured.export_seconds, Analysis.seconds, groups, prunable groups, trace floor s)
+OursRun = tuple[float, float, float, float, int, int, float | None]
 TpRun = tuple[float, int]  # (build + groups s, groups)
 
 
-def time_ours_once(model: nn.Module, inputs: tuple) -> OursRun:
+def time_trace_floor(model: nn.Module, inputs: tuple) -> float:
+    """Seconds of the cheapest ATen-level trace PyTorch offers: ``make_fx`` (pre-dispatch, fake
+    tensors) of ``functional_call`` -- the tracer inside torch.export without its wrapping
+    (module fake-ification, signature, verifier).  No capture built on torch.export can cost less."""
+    from torch.func import functional_call
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    args, kwargs = models.split_inputs(inputs)
+    state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+
+    def fn(state: dict, *a: Any) -> Any:
+        return functional_call(model, state, a, kwargs)
+
+    gc.collect()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        make_fx(fn, pre_dispatch=True, tracing_mode="fake")(state, *args)
+    return time.perf_counter() - t0
+
+
+def time_ours_once(model: nn.Module, inputs: tuple, floor: bool = True) -> OursRun:
     """One export + analysis; returns wall seconds of both, their self-reported seconds, and group counts.
 
     A full garbage collection runs (untimed) before each phase: a deep export leaves hundreds of
@@ -174,7 +197,9 @@ def time_ours_once(model: nn.Module, inputs: tuple) -> OursRun:
     t1 = time.perf_counter()
     analysis = analyze_captured(cap)
     analysis_s = time.perf_counter() - t1
-    return export_s, analysis_s, cap.export_seconds, analysis.seconds, len(analysis.groups), len(analysis.prunable_groups)
+    floor_s = time_trace_floor(model, inputs) if floor else None
+    return (export_s, analysis_s, cap.export_seconds, analysis.seconds, len(analysis.groups),
+            len(analysis.prunable_groups), floor_s)
 
 
 TP_ROOT_TYPES: tuple[type, ...] = (nn.modules.conv._ConvNd, nn.Linear)
@@ -228,8 +253,10 @@ def time_tp_once(model: nn.Module, inputs: tuple, ignored: list[nn.Module]) -> T
 def summarize_ours(runs: Sequence[OursRun], error: str | None) -> Ours:
     if error is not None or not runs:
         return Ours(error=error or "no runs")
-    export_s, analysis_s, rep_export, rep_analysis, groups, prunable = zip(*runs, strict=True)
+    export_s, analysis_s, rep_export, rep_analysis, groups, prunable, floor = zip(*runs, strict=True)
+    floors = [f for f in floor if f is not None]
     return Ours(
+        floor_s=statistics.median(floors) if floors else None,
         export_s=statistics.median(export_s),
         analysis_s=statistics.median(analysis_s),
         reported_export_s=statistics.median(rep_export),
@@ -254,7 +281,7 @@ def _attempt(fn: Callable[[], Any], timeout: float | None = None) -> tuple[Any, 
         return None, _short_error(exc)
 
 
-def run_case(case: Case, repeats: int, timeout: float | None = DEFAULT_TIMEOUT_S) -> Row:
+def run_case(case: Case, repeats: int, timeout: float | None = DEFAULT_TIMEOUT_S, floor: bool = True) -> Row:
     """Time both sides on one model; the repeats interleave ours and TP so load drift hits both alike."""
     model, inputs = case.build()
     ignored, tp_error = _attempt(lambda: output_layers(model, inputs))
@@ -263,7 +290,7 @@ def run_case(case: Case, repeats: int, timeout: float | None = DEFAULT_TIMEOUT_S
     ours_error: str | None = None
     for _ in range(repeats):
         if ours_error is None:
-            run, ours_error = _attempt(lambda: time_ours_once(model, inputs), timeout)
+            run, ours_error = _attempt(lambda: time_ours_once(model, inputs, floor), timeout)
             ours_runs += [run] if run is not None else []
         if tp_error is None:
             run, tp_error = _attempt(lambda: time_tp_once(model, inputs, ignored), timeout)
@@ -280,6 +307,7 @@ def warm_up() -> None:
 COLUMNS = (
     "model", "export s", "our analysis s", "ours export+analysis s", "TP build+groups s",
     "analysis ratio (ours/TP)", "total ratio ((export+analysis)/TP)", "our groups (prunable)", "TP groups",
+    "trace floor s (/TP)",
 )
 
 
@@ -306,6 +334,7 @@ def row_cells(row: Row) -> list[str]:
         _num(row.total_ratio, ".2f") + ("x" if row.total_ratio is not None else ""),
         ours_fail or f"{o.groups} ({o.prunable})",
         tp_fail or str(t.groups),
+        "-" if o.floor_s is None else f"{o.floor_s:.3f} ({_num(_ratio(o.floor_s, t.seconds), '.2f')}x)",
     ]
 
 
@@ -348,7 +377,11 @@ def ratio_goal(rows: dict[str, Row], model: str, which: str, limit: float) -> Go
         why = row.ours.error or row.tp.error or "no timing"
         return Goal(description, "n/a", f"no ratio ({why})")
     ours = row.ours.analysis_s if which == "analysis" else row.ours.total_s
-    return Goal(description, _verdict(ratio <= limit), f"{ratio:.2f}x ({ours:.3f} s vs {row.tp.seconds:.3f} s)")
+    detail = f"{ratio:.2f}x ({ours:.3f} s vs {row.tp.seconds:.3f} s)"
+    floor = _ratio(row.ours.floor_s, row.tp.seconds)
+    if which != "analysis" and floor is not None:
+        detail += f"; make_fx trace alone {floor:.2f}x TP"
+    return Goal(description, _verdict(ratio <= limit), detail)
 
 
 def per_block(rows: Sequence[Row], cost: Callable[[Row], float | None]) -> dict[int, float]:
@@ -446,6 +479,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "multi-threaded kernels make its timings swing by 10x; 0 keeps torch's default)",
     )
     parser.add_argument("--json", metavar="PATH", default=None, help="also write the results as JSON")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="skip the 'trace floor' column (make_fx alone, the least a torch.export capture costs)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
@@ -469,7 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[Row] = []
     for case in cases:
         t0 = time.perf_counter()
-        rows.append(run_case(case, args.repeats, args.timeout))
+        rows.append(run_case(case, args.repeats, args.timeout, floor=not args.no_floor))
         print(f"  {case.name}: done in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     goals = evaluate_goals(rows)
     print(format_table(rows))

@@ -159,7 +159,9 @@ def knapsack_plan(analysis: Analysis, scores: Scores, target: Target, evaluator:
 
     One width per group is chosen among its allowed widths.  Costs are linearised around the
     current solution with the FLOPs/params formulas and refined over iterations; for a latency
-    target the FLOPs budget is rescaled each iteration by measured latency / goal."""
+    target the FLOPs budget is re-fitted each iteration on the measured latencies, the most
+    valuable candidates are re-timed with more runs, and latency left under the goal is spent
+    by widening groups one allowed width at a time (``_fill_latency``)."""
     from scipy.optimize import Bounds, LinearConstraint, milp
 
     t0 = time.perf_counter()
@@ -234,6 +236,8 @@ def knapsack_plan(analysis: Analysis, scores: Scores, target: Target, evaluator:
         chosen = confirmed or chosen
         if confirmed is not None and chosen[1] < goal * (1 - tolerance):
             chosen = _fill_latency(analysis, evaluator, rank, options, chosen, goal, points, history)
+        chosen = _pick_latency_candidate(analysis, evaluator, rank, options, constraint, chosen, goal, tolerance,
+                                         points, history)
     plan, achieved, _ = chosen
     predicted = history[-1].get("predicted") if history else None
     return plan, _finish("knapsack", target, base, goal, achieved, history, evaluator, t0, strict, predicted)
@@ -250,7 +254,7 @@ def _confirm_latency(evaluator: Evaluator, tried: list, goal: float, tolerance: 
     shortlist = sorted(unique.values(), key=lambda t: -t[2])[:top]
     confirmed = []
     for plan, _, value in shortlist:
-        lat = evaluator.latency.measure(plan, runs=max(200, evaluator.latency.runs * 4))
+        lat = evaluator.remeasure(plan)
         confirmed.append((plan, lat, value))
     fits = [c for c in confirmed if c[1] <= goal]
     return max(fits, key=lambda t: t[2]) if fits else None
@@ -259,11 +263,13 @@ def _confirm_latency(evaluator: Evaluator, tried: list, goal: float, tolerance: 
 def _fill_latency(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.ndarray],
                   options: dict[str, list[int]], chosen: tuple[Plan, float, float], goal: float,
                   points: list[tuple[float, float]], history: list[dict[str, float]],
-                  max_measurements: int = 10) -> tuple[Plan, float, float]:
+                  max_measurements: int = 10, loss_candidates: int = 4) -> tuple[Plan, float, float]:
     """Spend latency left under the goal: the MILP works on a FLOPs proxy and can land well
     below a latency goal (discrete widths, per-operator overhead the proxy does not see).
-    Greedily widen the group with the best kept-importance gain per predicted latency, one
-    allowed width at a time, keeping a step only when its re-timed latency still fits."""
+    Greedily widen a group one allowed width at a time, keeping a step only when its re-timed
+    latency still fits: the group with the best kept-importance gain per predicted latency, or,
+    with a calibration loss (``evaluator.loss``), the best loss decrease per predicted latency
+    among the ``loss_candidates`` best of those."""
     plan, achieved, value = chosen
     widths = {k: v for k, v in plan.widths(analysis).items() if k in options}
     cost = evaluator.cost
@@ -273,7 +279,6 @@ def _fill_latency(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.n
     if slope <= 0:
         slope = float(lat.max() / max(f.max(), 1.0))
     blocked: set[str] = set()
-    runs = max(200, evaluator.latency.runs * 4)
     for _ in range(max_measurements):
         flops_now = float(cost.flops(widths))
         moves = []
@@ -286,13 +291,28 @@ def _fill_latency(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.n
             dflops = float(cost.flops({**widths, name: up})) - flops_now
             if achieved + slope * max(dflops, 0.0) > goal:
                 continue
-            moves.append((gain / max(dflops, 1.0), gain, name, up))
+            moves.append((gain / max(dflops, 1.0), gain, name, up, dflops))
         if not moves:
             break
-        _, gain, name, up = max(moves)
+        moves.sort(reverse=True)
+        meta = {k: v for k, v in plan.meta.items() if k in ("strategy", "target")}
+
+        def make(move: tuple, widths: dict[str, int] = widths, meta: dict = meta) -> Plan:
+            return plan_from_widths(analysis, {**widths, move[2]: move[3]}, rank, **meta)
+
+        if evaluator.has_loss:
+            # the summed importance is a poor guide to what one more step of a group is worth
+            # once a network is pruned hard; the calibration loss of the few best candidates is not
+            now = evaluator.loss(plan)
+            shortlist = moves[:loss_candidates]
+            gains = [(now - evaluator.loss(make(m))) / max(slope * max(m[4], 0.0), 1e-12) for m in shortlist]
+            move = shortlist[int(np.argmax(gains))]
+        else:
+            move = moves[0]
+        _, gain, name, up, _ = move
         trial = {**widths, name: up}
-        trial_plan = plan_from_widths(analysis, trial, rank, strategy="knapsack", target=plan.meta.get("target", ""))
-        measured = evaluator.latency.measure(trial_plan, runs=runs)
+        trial_plan = make(move)
+        measured = evaluator.remeasure(trial_plan)
         history.append({"value": measured, "score": value + gain, "predicted": achieved + slope * max(
             float(cost.flops(trial)) - flops_now, 0.0)})
         if measured <= goal:
@@ -300,6 +320,65 @@ def _fill_latency(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.n
         else:
             blocked.add(name)
     return plan, achieved, value
+
+
+def _uniform_latency(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.ndarray],
+                     constraint: ChannelConstraint | None, goal: float, history: list[dict[str, float]],
+                     steps: int = 7, max_ratio: float = 0.95) -> tuple[Plan, float, float]:
+    """The least-pruned uniform plan (same ratio in every group) that fits ``goal``, by
+    bisection on measured latency.  If none fits, the least-pruned one within 5 % of the most
+    pruned one's latency: where per-operator overhead dominates (small models, batch 1), that
+    is a much wider network for the same time."""
+    from prunepass.select.uniform import uniform_widths
+
+    def at(ratio: float) -> tuple[Plan, float, float]:
+        widths = {k: v for k, v in uniform_widths(analysis, ratio, constraint).items() if k in rank}
+        plan = plan_from_widths(analysis, widths, rank, strategy="knapsack", ratio=round(ratio, 4))
+        lat = evaluator.value("latency", plan)
+        value = sum(kept_value(rank[k], w) for k, w in widths.items())
+        history.append({"value": lat, "score": value, "uniform_ratio": ratio})
+        return plan, lat, value
+
+    best = at(max_ratio)
+    limit = goal if best[1] <= goal else best[1] * 1.05
+    lo, hi = 0.0, max_ratio
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        cand = at(mid)
+        if cand[1] <= limit:
+            hi, best = mid, cand
+        else:
+            lo = mid
+    return best
+
+
+def _pick_latency_candidate(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.ndarray],
+                            options: dict[str, list[int]], constraint: ChannelConstraint | None,
+                            chosen: tuple[Plan, float, float], goal: float, tolerance: float,
+                            points: list[tuple[float, float]], history: list[dict[str, float]]
+                            ) -> tuple[Plan, float, float]:
+    """Compare the MILP's answer with the best uniform plan (widened by the fill step) and keep
+    the better: summed importance is additive, but removing most of one group hurts more than
+    it predicts, and onnxruntime's speed is not a function of FLOPs alone, so a uniform network
+    is sometimes both faster and more accurate.  With a calibration loss (``evaluator.loss``)
+    the lower loss among the candidates that fit wins; without one the larger kept importance.
+    If none fits, the candidates within 5 % of the fastest compete the same way."""
+    uni = _uniform_latency(analysis, evaluator, rank, constraint, goal, history)
+    uni = (uni[0], evaluator.remeasure(uni[0]), uni[2])
+    candidates = [chosen, uni]
+    if uni[1] < goal * (1 - tolerance):
+        candidates.append(_fill_latency(analysis, evaluator, rank, options, uni, goal, points, history))
+    pool = [c for c in candidates if c[1] <= goal]
+    if not pool:
+        fastest = min(c[1] for c in candidates)
+        pool = [c for c in candidates if c[1] <= fastest * 1.05]
+    if evaluator.has_loss:
+        losses = [evaluator.loss(c[0]) for c in pool]
+        for c, loss in zip(pool, losses, strict=True):
+            log.info("latency candidate %s: latency %.4g, kept importance %.4g, calibration loss %.4g",
+                     list(c[0].widths(analysis).values()), c[1], c[2], loss)
+        return pool[int(np.argmin(losses))]
+    return max(pool, key=lambda c: c[2])
 
 
 def _latency_budget(points: list[tuple[float, float]], goal: float, max_flops: float) -> float:

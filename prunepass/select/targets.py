@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,11 +140,28 @@ class Evaluator:
     """Value of a metric for a plan: FLOPs and params from the cost formulas (microseconds),
     latency from the oracle (measured)."""
 
-    def __init__(self, analysis: Analysis, cost: CostModel | None = None, latency: LatencyOracle | None = None) -> None:
+    def __init__(self, analysis: Analysis, cost: CostModel | None = None, latency: LatencyOracle | None = None,
+                 loss: Callable[[Plan], float] | None = None) -> None:
         self.analysis = analysis
         self.cost = cost or CostModel(analysis)
         self._latency = latency
         self._base_latency: float | None = None
+        self._loss = loss
+        self._loss_cache: dict[tuple, float] = {}
+
+    @property
+    def has_loss(self) -> bool:
+        return self._loss is not None
+
+    def loss(self, plan: Plan) -> float:
+        """Calibration loss of the pruned model (lower is better), cached by widths; needs a
+        ``loss`` callable (``prunepass.prune`` builds one from its data and loss function)."""
+        if self._loss is None:
+            raise ValueError("this evaluator has no loss function")
+        key = tuple(sorted((k, tuple(v)) for k, v in plan.keep.items()))
+        if key not in self._loss_cache:
+            self._loss_cache[key] = float(self._loss(plan))
+        return self._loss_cache[key]
 
     @property
     def latency(self) -> LatencyOracle:
@@ -161,6 +179,11 @@ class Evaluator:
                 self._base_latency = self.latency(Plan.from_keep(self.analysis, {}))
             return self._base_latency
         raise ValueError(metric)
+
+    def remeasure(self, plan: Plan) -> float:
+        """A fresh, longer latency measurement of ``plan`` (single timings are noisy on a shared
+        machine); searches use it to confirm finalists.  Not cached."""
+        return self.latency.measure(plan, runs=max(200, self.latency.runs * 4))
 
     def value(self, metric: str, plan: Plan) -> float:
         w = plan.widths(self.analysis)
