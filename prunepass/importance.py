@@ -1,8 +1,9 @@
 """Channel importance gathered on the eager model.
 
-* ``taylor`` (default): first-order Taylor, ``|w * dL/dw|`` summed over every weight of the
-  channel in every weight member (conv / linear / embedding) of the group and over the
-  calibration steps (1-d members such as norm scales count only in groups without a weight);
+* ``taylor`` (default): first-order Taylor, ``|w * dL/dw|`` with ``L`` the loss summed over the
+  calibration batches (gradients are accumulated, the product is taken at the end), summed over
+  every weight of the channel in every weight member (conv / linear / embedding) of the group
+  (1-d members such as norm scales count only in groups without a weight);
 * ``fisher``: ``sum over steps (sum over members of w * dL/dw)^2`` (a diagonal Fisher /
   second-order estimate of the loss increase when the channel is removed);
 * ``magnitude``: L1 norm of the channel's weights over all members (needs no data).
@@ -149,6 +150,7 @@ class Calibrator:
         self._index = _ChannelIndex(analysis, self.groups)
         self._acc = {n: np.zeros(analysis.group(n).size) for n in self.groups}
         self._step_terms: dict[str, np.ndarray] = {}
+        self._grad_sum: dict[int, tuple[torch.Tensor, list, torch.Tensor]] = {}  # taylor: summed gradients
         self.steps = 0
         self.scores: Scores | None = None
         self._hooks: list[Any] = []
@@ -181,13 +183,16 @@ class Calibrator:
         def hook(p: torch.Tensor) -> None:
             if p.grad is None:
                 return
-            wg = (p.detach() * p.grad.detach())
-            for name, axis, cor in entries:
-                size = self.analysis.group(name).size
-                if self.criterion == "taylor":
-                    # |w * dL/dw| per weight, summed: signed sums over a whole head cancel out
-                    self._acc[name] += _reduce(wg.abs(), axis, cor, size)
-                else:
+            if self.criterion == "taylor":
+                # the gradient of the whole calibration loss: |w * dL/dw| is taken at the end,
+                # per weight (signed sums over a whole head would cancel out)
+                held = self._grad_sum.get(id(p))
+                self._grad_sum[id(p)] = (p, entries, p.grad.detach().clone() if held is None
+                                         else held[2].add_(p.grad.detach()))
+            else:
+                wg = (p.detach() * p.grad.detach())
+                for name, axis, cor in entries:
+                    size = self.analysis.group(name).size
                     self._step_terms[name] = self._step_terms.get(name, 0.0) + _reduce(wg, axis, cor, size)
             p.grad = None  # nothing left behind, and no growth across steps
             if p is self._params.get(self._first_param):
@@ -208,6 +213,11 @@ class Calibrator:
         for name, t in self._step_terms.items():
             self._acc[name] += np.square(t)
         self._step_terms = {}
+        for p, entries, g in self._grad_sum.values():
+            wg = (p.detach() * g).abs()
+            for name, axis, cor in entries:
+                self._acc[name] += _reduce(wg, axis, cor, self.analysis.group(name).size)
+        self._grad_sum = {}
         for fqn, (req, grad) in self._saved.items():
             p = self._params[fqn]
             p.requires_grad_(req)
