@@ -124,8 +124,15 @@ def _slice(t: torch.Tensor, axes: dict[int, list[int]]) -> torch.Tensor:
 
 def apply_plan(model: nn.Module, analysis: Analysis, plan: Plan, *, inplace: bool = False,
                verify: bool = True) -> nn.Module:
-    """Prune ``model`` by ``plan``.  ``inplace=False`` leaves the given model untouched."""
+    """Prune ``model`` by ``plan``.  ``inplace=False`` leaves the given model untouched.
+
+    ``verify`` runs the pruned module against the pruned program and raises ``RewriteError`` on
+    a mismatch.  With ``inplace=True`` the check runs on a copy first, so a failure leaves the
+    given model as it was (at the cost of a temporary copy; ``verify=False`` skips both)."""
     plan.validate(analysis)
+    if inplace and verify:
+        apply_plan(model, analysis, plan, inplace=False, verify=True)
+        return apply_plan(model, analysis, plan, inplace=True, verify=False)
     target = model if inplace else copy.deepcopy(model)
     touched = _touched(analysis, plan)
     named = dict(target.named_parameters(remove_duplicate=False)) | dict(target.named_buffers(remove_duplicate=False))

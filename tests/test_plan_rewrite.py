@@ -42,6 +42,12 @@ def test_hard_coded_sizes_are_reported_with_line_and_program_works():
     text = str(info.value)
     assert "test_plan_rewrite.py" in text and "view(b, t, 3, 4, 8)" in text
     assert "prune_program" in text
+    # in place, a failed check leaves the given model as it was
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(RewriteError):
+        apply_plan(model, a, plan, inplace=True)
+    assert model.qkv.out_features == 96
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     program = prune_program(a, plan)
     out = program.module()(x)
     assert out.shape == (2, 5, 32)

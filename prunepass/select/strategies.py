@@ -263,7 +263,7 @@ def _confirm_latency(evaluator: Evaluator, tried: list, goal: float, tolerance: 
 def _fill_latency(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.ndarray],
                   options: dict[str, list[int]], chosen: tuple[Plan, float, float], goal: float,
                   points: list[tuple[float, float]], history: list[dict[str, float]],
-                  max_measurements: int = 10, loss_candidates: int = 4) -> tuple[Plan, float, float]:
+                  max_measurements: int = 8, loss_candidates: int = 3) -> tuple[Plan, float, float]:
     """Spend latency left under the goal: the MILP works on a FLOPs proxy and can land well
     below a latency goal (discrete widths, per-operator overhead the proxy does not see).
     Greedily widen a group one allowed width at a time, keeping a step only when its re-timed
