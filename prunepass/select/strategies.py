@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 # the fill step stops this far under a latency goal: one timing of a candidate on a shared CPU
 # is only good to a few percent, and the step keeps the luckiest of several
 FILL_MARGIN = 0.03
+UNIFORM_SEED_STEP = 0.15  # a second, more pruned uniform start for the loss-guided fill
 
 
 @dataclass
@@ -267,7 +268,7 @@ def _confirm_latency(evaluator: Evaluator, tried: list, goal: float, tolerance: 
 def _fill_latency(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.ndarray],
                   options: dict[str, list[int]], chosen: tuple[Plan, float, float], goal: float,
                   points: list[tuple[float, float]], history: list[dict[str, float]],
-                  max_measurements: int = 8, loss_candidates: int = 3) -> tuple[Plan, float, float]:
+                  max_measurements: int = 8, loss_candidates: int = 6) -> tuple[Plan, float, float]:
     """Spend latency left under the goal: the MILP works on a FLOPs proxy and can land well
     below a latency goal (discrete widths, per-operator overhead the proxy does not see).
     Greedily widen a group one allowed width at a time, keeping a step only when its re-timed
@@ -310,6 +311,8 @@ def _fill_latency(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.n
             now = evaluator.loss(plan)
             shortlist = moves[:loss_candidates]
             gains = [(now - evaluator.loss(make(m))) / max(slope * max(m[4], 0.0), 1e-12) for m in shortlist]
+            if max(gains) <= 0:  # no widening lowers the loss: keep the latency
+                break
             move = shortlist[int(np.argmax(gains))]
         else:
             move = moves[0]
@@ -326,34 +329,39 @@ def _fill_latency(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.n
     return plan, achieved, value
 
 
-def _uniform_latency(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.ndarray],
-                     constraint: ChannelConstraint | None, goal: float, history: list[dict[str, float]],
-                     steps: int = 7, max_ratio: float = 0.95) -> tuple[Plan, float, float]:
-    """The least-pruned uniform plan (same ratio in every group) that fits ``goal``, by
-    bisection on measured latency.  If none fits, the least-pruned one within 5 % of the most
-    pruned one's latency: where per-operator overhead dominates (small models, batch 1), that
-    is a much wider network for the same time."""
+def _uniform_at(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.ndarray],
+                constraint: ChannelConstraint | None, ratio: float,
+                history: list[dict[str, float]]) -> tuple[Plan, float, float]:
+    """The uniform plan removing ``ratio`` of every group: (plan, latency, kept importance)."""
     from prunepass.select.uniform import uniform_widths
 
-    def at(ratio: float) -> tuple[Plan, float, float]:
-        widths = {k: v for k, v in uniform_widths(analysis, ratio, constraint).items() if k in rank}
-        plan = plan_from_widths(analysis, widths, rank, strategy="knapsack", ratio=round(ratio, 4))
-        lat = evaluator.value("latency", plan)
-        value = sum(kept_value(rank[k], w) for k, w in widths.items())
-        history.append({"value": lat, "score": value, "uniform_ratio": ratio})
-        return plan, lat, value
+    widths = {k: v for k, v in uniform_widths(analysis, ratio, constraint).items() if k in rank}
+    plan = plan_from_widths(analysis, widths, rank, strategy="knapsack", ratio=round(ratio, 4))
+    lat = evaluator.value("latency", plan)
+    value = sum(kept_value(rank[k], w) for k, w in widths.items())
+    history.append({"value": lat, "score": value, "uniform_ratio": ratio})
+    return plan, lat, value
 
-    best = at(max_ratio)
+
+def _uniform_latency(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.ndarray],
+                     constraint: ChannelConstraint | None, goal: float, history: list[dict[str, float]],
+                     steps: int = 7, max_ratio: float = 0.95) -> tuple[tuple[Plan, float, float], float]:
+    """The least-pruned uniform plan (same ratio in every group) that fits ``goal``, by
+    bisection on measured latency, and its ratio.  If none fits, the least-pruned one within
+    5 % of the most pruned one's latency: where per-operator overhead dominates (small models,
+    batch 1), that is a much wider network for the same time."""
+    best = _uniform_at(analysis, evaluator, rank, constraint, max_ratio, history)
+    best_ratio = max_ratio
     limit = goal if best[1] <= goal else best[1] * 1.05
     lo, hi = 0.0, max_ratio
     for _ in range(steps):
         mid = (lo + hi) / 2
-        cand = at(mid)
+        cand = _uniform_at(analysis, evaluator, rank, constraint, mid, history)
         if cand[1] <= limit:
-            hi, best = mid, cand
+            hi, best, best_ratio = mid, cand, mid
         else:
             lo = mid
-    return best
+    return best, best_ratio
 
 
 def _pick_latency_candidate(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.ndarray],
@@ -367,11 +375,18 @@ def _pick_latency_candidate(analysis: Analysis, evaluator: Evaluator, rank: dict
     is sometimes both faster and more accurate.  With a calibration loss (``evaluator.loss``)
     the lower loss among the candidates that fit wins; without one the larger kept importance.
     If none fits, the candidates within 5 % of the fastest compete the same way."""
-    uni = _uniform_latency(analysis, evaluator, rank, constraint, goal, history)
+    uni, ratio = _uniform_latency(analysis, evaluator, rank, constraint, goal, history)
     uni = (uni[0], evaluator.remeasure(uni[0]), uni[2])
     candidates = [chosen, uni]
     if uni[1] < goal * (1 - tolerance):
         candidates.append(_fill_latency(analysis, evaluator, rank, options, uni, goal, points, history))
+    if evaluator.has_loss and ratio + UNIFORM_SEED_STEP < 1.0:
+        # widening is guided by the loss, so a more pruned uniform start lets it choose which
+        # groups get the latency back (adding channels to some groups can even raise the loss)
+        seed = _uniform_at(analysis, evaluator, rank, constraint, min(ratio + UNIFORM_SEED_STEP, 0.95), history)
+        seed = (seed[0], evaluator.remeasure(seed[0]), seed[2])
+        if seed[1] <= goal:
+            candidates.append(_fill_latency(analysis, evaluator, rank, options, seed, goal, points, history))
     pool = [c for c in candidates if c[1] <= goal]
     if not pool:
         fastest = min(c[1] for c in candidates)
