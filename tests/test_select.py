@@ -252,3 +252,28 @@ def test_fill_spends_latency_left_under_the_goal(resnet):
     widths = new_plan.widths(a)
     assert all(widths[k] >= low[k] for k in low) and any(widths[k] > low[k] for k in low)
     assert len(history) <= 40
+
+
+def test_latency_knapsack_prefers_lower_calibration_loss(resnet):
+    """With a loss function the latency search compares its finalists (MILP answer, best
+    uniform plan, loss-guided widenings) by loss: never worse than the loss-blind answer."""
+    model, a, s = resnet
+    favoured = a.prunable_groups[0].name
+
+    def loss(plan):  # a loss that only cares about the first group being wide
+        return 1.0 - plan.widths(a)[favoured] / a.group(favoured).size
+
+    target = Target.parse("latency=70%")
+    blind_plan, blind = knapsack_plan(a, s, target, Evaluator(a, CostModel(a), _StubLatency(a)),
+                                      ChannelConstraint(step=8))
+    seen: list = []
+
+    def counting_loss(plan):
+        seen.append(plan)
+        return loss(plan)
+
+    plan, rep = knapsack_plan(a, s, target, Evaluator(a, CostModel(a), _StubLatency(a), counting_loss),
+                              ChannelConstraint(step=8))
+    assert rep.met and rep.achieved <= 0.7 * rep.base
+    assert seen, "the loss function was never consulted"
+    assert loss(plan) <= loss(blind_plan)
