@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 # the fill step stops this far under a latency goal: one timing of a candidate on a shared CPU
 # is only good to a few percent, and the step keeps the luckiest of several
 FILL_MARGIN = 0.03
+LATENCY_BAND = 0.07  # finalists this close under a latency goal are preferred
 UNIFORM_SEED_STEP = 0.15  # a second, more pruned uniform start for the loss-guided fill
 
 
@@ -373,8 +374,8 @@ def _pick_latency_candidate(analysis: Analysis, evaluator: Evaluator, rank: dict
     the better: summed importance is additive, but removing most of one group hurts more than
     it predicts, and onnxruntime's speed is not a function of FLOPs alone, so a uniform network
     is sometimes both faster and more accurate.  With a calibration loss (``evaluator.loss``)
-    the lower loss among the candidates that fit wins; without one the larger kept importance.
-    If none fits, the candidates within 5 % of the fastest compete the same way."""
+    the lower loss among the candidates that fit wins (those within ``LATENCY_BAND`` under the
+    goal first); without one the larger kept importance.  If none fits, the candidates within 5 % of the fastest compete the same way."""
     uni, ratio = _uniform_latency(analysis, evaluator, rank, constraint, goal, history)
     uni = (uni[0], evaluator.remeasure(uni[0]), uni[2])
     candidates = [chosen, uni]
@@ -388,6 +389,8 @@ def _pick_latency_candidate(analysis: Analysis, evaluator: Evaluator, rank: dict
         if seed[1] <= goal:
             candidates.append(_fill_latency(analysis, evaluator, rank, options, seed, goal, points, history))
     pool = [c for c in candidates if c[1] <= goal]
+    # a latency target is a promise both ways: prefer finalists within 7 % under the goal
+    pool = [c for c in pool if c[1] >= goal * (1 - LATENCY_BAND)] or pool
     if not pool:
         fastest = min(c[1] for c in candidates)
         pool = [c for c in candidates if c[1] <= fastest * 1.05]
