@@ -397,7 +397,7 @@ def _pick_latency_candidate(analysis: Analysis, evaluator: Evaluator, rank: dict
     if evaluator.has_loss:
         losses = [evaluator.loss(c[0]) for c in pool]
         for c, loss in zip(pool, losses, strict=True):
-            log.info("latency candidate %s: latency %.4g, kept importance %.4g, calibration loss %.4g",
+            log.debug("latency candidate %s: latency %.4g, kept importance %.4g, calibration loss %.4g",
                      list(c[0].widths(analysis).values()), c[1], c[2], loss)
         return pool[int(np.argmin(losses))]
     return max(pool, key=lambda c: c[2])
