@@ -269,7 +269,8 @@ def _confirm_latency(evaluator: Evaluator, tried: list, goal: float, tolerance: 
 def _fill_latency(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.ndarray],
                   options: dict[str, list[int]], chosen: tuple[Plan, float, float], goal: float,
                   points: list[tuple[float, float]], history: list[dict[str, float]],
-                  max_measurements: int = 8, loss_candidates: int = 6) -> tuple[Plan, float, float]:
+                  max_measurements: int = 8, loss_candidates: int = 6,
+                  use_loss: bool = True) -> tuple[Plan, float, float]:
     """Spend latency left under the goal: the MILP works on a FLOPs proxy and can land well
     below a latency goal (discrete widths, per-operator overhead the proxy does not see).
     Greedily widen a group one allowed width at a time, keeping a step only when its re-timed
@@ -306,7 +307,7 @@ def _fill_latency(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.n
         def make(move: tuple, widths: dict[str, int] = widths, meta: dict = meta) -> Plan:
             return plan_from_widths(analysis, {**widths, move[2]: move[3]}, rank, **meta)
 
-        if evaluator.has_loss:
+        if evaluator.has_loss and use_loss:
             # the summed importance is a poor guide to what one more step of a group is worth
             # once a network is pruned hard; the calibration loss of the few best candidates is not
             now = evaluator.loss(plan)
@@ -398,8 +399,16 @@ def _pick_latency_candidate(analysis: Analysis, evaluator: Evaluator, rank: dict
         losses = [evaluator.loss(c[0]) for c in pool]
         for c, loss in zip(pool, losses, strict=True):
             log.debug("latency candidate %s: latency %.4g, kept importance %.4g, calibration loss %.4g",
-                     list(c[0].widths(analysis).values()), c[1], c[2], loss)
-        return pool[int(np.argmin(losses))]
+                      list(c[0].widths(analysis).values()), c[1], c[2], loss)
+        best, best_loss = pool[int(np.argmin(losses))], min(losses)
+        if best[1] < goal * (1 - LATENCY_BAND):
+            # the loss-guided widening stopped short of the goal: widen by importance into the
+            # band, unless that costs calibration loss (a target is a promise both ways)
+            grown = _fill_latency(analysis, evaluator, rank, options, best, goal, points, history, use_loss=False)
+            in_band = goal * (1 - LATENCY_BAND) <= grown[1] <= goal
+            if in_band and evaluator.loss(grown[0]) <= best_loss + 0.05 * abs(best_loss):
+                return grown
+        return best
     return max(pool, key=lambda c: c[2])
 
 
