@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 FILL_MARGIN = 0.03
 LATENCY_BAND = 0.07  # finalists this close under a latency goal are preferred
 UNIFORM_SEED_STEP = 0.15  # a second, more pruned uniform start for the loss-guided fill
+NEAR_FASTEST = 1.05  # when no candidate fits, those this close to the fastest are "as fast"
 
 
 @dataclass
@@ -286,6 +287,7 @@ def _fill_latency(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.n
     if slope <= 0:
         slope = float(lat.max() / max(f.max(), 1.0))
     blocked: set[str] = set()
+    meta = {k: v for k, v in plan.meta.items() if k in ("strategy", "target")}
     for _ in range(max_measurements):
         flops_now = float(cost.flops(widths))
         moves = []
@@ -302,9 +304,8 @@ def _fill_latency(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.n
         if not moves:
             break
         moves.sort(reverse=True)
-        meta = {k: v for k, v in plan.meta.items() if k in ("strategy", "target")}
 
-        def make(move: tuple, widths: dict[str, int] = widths, meta: dict = meta) -> Plan:
+        def make(move: tuple, widths: dict[str, int] = widths) -> Plan:
             return plan_from_widths(analysis, {**widths, move[2]: move[3]}, rank, **meta)
 
         if evaluator.has_loss and use_loss:
@@ -318,14 +319,12 @@ def _fill_latency(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.n
             move = shortlist[int(np.argmax(gains))]
         else:
             move = moves[0]
-        _, gain, name, up, _ = move
-        trial = {**widths, name: up}
+        _, gain, name, up, dflops = move
         trial_plan = make(move)
         measured = evaluator.remeasure(trial_plan)
-        history.append({"value": measured, "score": value + gain, "predicted": achieved + slope * max(
-            float(cost.flops(trial)) - flops_now, 0.0)})
+        history.append({"value": measured, "score": value + gain, "predicted": achieved + slope * max(dflops, 0.0)})
         if measured <= goal * (1 - FILL_MARGIN):
-            widths, plan, achieved, value = trial, trial_plan, measured, value + gain
+            widths, plan, achieved, value = {**widths, name: up}, trial_plan, measured, value + gain
         else:
             blocked.add(name)
     return plan, achieved, value
@@ -354,7 +353,7 @@ def _uniform_latency(analysis: Analysis, evaluator: Evaluator, rank: dict[str, n
     batch 1), that is a much wider network for the same time."""
     best = _uniform_at(analysis, evaluator, rank, constraint, max_ratio, history)
     best_ratio = max_ratio
-    limit = goal if best[1] <= goal else best[1] * 1.05
+    limit = goal if best[1] <= goal else best[1] * NEAR_FASTEST
     lo, hi = 0.0, max_ratio
     for _ in range(steps):
         mid = (lo + hi) / 2
@@ -376,7 +375,8 @@ def _pick_latency_candidate(analysis: Analysis, evaluator: Evaluator, rank: dict
     it predicts, and onnxruntime's speed is not a function of FLOPs alone, so a uniform network
     is sometimes both faster and more accurate.  With a calibration loss (``evaluator.loss``)
     the lower loss among the candidates that fit wins (those within ``LATENCY_BAND`` under the
-    goal first); without one the larger kept importance.  If none fits, the candidates within 5 % of the fastest compete the same way."""
+    goal first); without one the larger kept importance.  If none fits, the candidates within
+    ``NEAR_FASTEST`` of the fastest compete the same way."""
     uni, ratio = _uniform_latency(analysis, evaluator, rank, constraint, goal, history)
     uni = (uni[0], evaluator.remeasure(uni[0]), uni[2])
     candidates = [chosen, uni]
@@ -394,7 +394,7 @@ def _pick_latency_candidate(analysis: Analysis, evaluator: Evaluator, rank: dict
     pool = [c for c in pool if c[1] >= goal * (1 - LATENCY_BAND)] or pool
     if not pool:
         fastest = min(c[1] for c in candidates)
-        pool = [c for c in candidates if c[1] <= fastest * 1.05]
+        pool = [c for c in candidates if c[1] <= fastest * NEAR_FASTEST]
     if evaluator.has_loss:
         losses = [evaluator.loss(c[0]) for c in pool]
         for c, loss in zip(pool, losses, strict=True):
