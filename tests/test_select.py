@@ -277,3 +277,25 @@ def test_latency_knapsack_prefers_lower_calibration_loss(resnet):
     assert rep.met and rep.achieved <= 0.7 * rep.base
     assert seen, "the loss function was never consulted"
     assert loss(plan) <= loss(blind_plan)
+
+
+def test_latency_oracle_reuses_the_reference_session_and_caps_confirmation_runs(digits):
+    """Every candidate is timed between two timings of the unpruned model: its onnxruntime
+    session is built once; confirmation timings are capped near REMEASURE_SECONDS."""
+    from prunepass.select.targets import REMEASURE_SECONDS, LatencyOracle
+
+    model, a, s = digits
+    oracle = LatencyOracle(a, runs=5, warmup=1)
+    plan = uniform_plan(a, 0.5, constraint=ChannelConstraint(step=8))
+    first = oracle.measure(plan)
+    template = oracle._template
+    assert template is not None and oracle.mode == "fast"
+    session = template._reference[1]
+    second = oracle.measure(plan)
+    assert template._reference[1] is session  # not rebuilt for the second candidate
+    assert first > 0 and second > 0
+    assert oracle.long_runs() == max(5, min(200, int(REMEASURE_SECONDS * 1000.0 / oracle._reference)))
+    oracle._reference = 50.0  # a 50 ms model: 1.5 s / 50 ms = 30 runs, but never fewer than `runs`
+    assert oracle.long_runs() == 30
+    oracle.runs = 40
+    assert oracle.long_runs() == 40

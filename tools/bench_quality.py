@@ -8,9 +8,15 @@ comparison is made at the same *measured* onnxruntime latency:
 * Torch-Pruning: ``tp.pruner.MetaPruner`` with ``tp.importance.TaylorImportance()`` (gradients of
   the same loss accumulated over the same batches before ``pruner.step()``), in two flavours:
   ``local`` (every layer pruned by the same ratio) and ``global`` (one ranking over all layers).
-  Its pruning ratio is found by bisection so that its ONNX latency matches prunepass's: each
-  candidate is timed in rounds paired with prunepass's model and compared by the median
-  per-round latency ratio (drift on a shared machine hits both alike).
+  Torch-Pruning has no latency target, so its ratios are scanned (a grid, then a bisection)
+  for models as fast as prunepass's: each is timed in rounds paired with prunepass's model
+  (median per-round latency ratio: drift on a shared machine hits both alike).  Its latency
+  jumps with the ratio (odd channel counts are slow in onnxruntime), so the least-pruned
+  models on both sides of our latency (``--finalists`` each) all go into the final table.
+
+"Ahead at the same latency" means: no Torch-Pruning model that measured at most 5 % slower than
+ours in the final table is better on the quality column.  A variant with no model that fast
+cannot offer anything at this latency.
 
 Part ``a``: the zoo ``digits_cnn`` trained on scikit-learn's ``load_digits`` (pixels / 16, 70/30
 split), pruned to 50 % of the original latency for each ``--batches`` size (the ONNX model has
@@ -48,7 +54,6 @@ import argparse
 import copy
 import json
 import logging
-import math
 import os
 import platform
 import statistics
@@ -86,6 +91,7 @@ class Settings:
     bisect_runs: int = 50  # timed runs per round when matching Torch-Pruning's latency to ours
     bisect_rounds: int = 3
     bisect_steps: int = 4  # bisection steps after the grid scan
+    finalists: int = 2  # Torch-Pruning models per side of our latency re-timed in the final table
     grid_points: int = 9  # Torch-Pruning ratios scanned: max_ratio * k / grid_points
     max_ratio: float = 0.9  # largest Torch-Pruning ratio tried
     batches: tuple[int, ...] = (1, 64)
@@ -113,7 +119,9 @@ class Row:
     flops: int | None = None
     quality: dict[str, float] = field(default_factory=dict)  # acc_raw / acc_bn / acc_ft or cos_mean / cos_min
     tp_ratio: float | None = None  # Torch-Pruning pruning ratio chosen by the bisection
-    matched: float | None = None  # bisection's paired latency ratio TP / ours
+    matched: float | None = None  # paired latency ratio TP / ours while scanning Torch-Pruning's ratios
+    variant: str | None = None  # Torch-Pruning rows: local / global
+    lat_vs_ours: float | None = None  # final table: latency / the first prunepass row's latency
     notes: list[str] = field(default_factory=list)
     error: str | None = None
 
@@ -184,45 +192,42 @@ def architecture(model: nn.Module) -> tuple:
 
 
 @dataclass
-class Match:
-    ratio: float
-    model: nn.Module
-    rel: float  # paired latency ratio to the reference
-    history: list[tuple[float, float]]
+class Scan:
+    """Torch-Pruning models tried for one variant: (ratio, paired latency ratio to ours, model),
+    one per distinct architecture, and the ones kept for the final interleaved timing."""
+
+    tried: list[tuple[float, float, nn.Module]]
+    finalists: list[tuple[float, float, nn.Module]]
     note: str = ""
 
 
-def match_latency(build: Callable[[float], nn.Module], args: tuple, reference: Timed, s: Settings) -> Match:
-    """Find the least-pruned ``build(ratio)`` that is as fast as ``reference`` (measured).
+def scan_latency(build: Callable[[float], nn.Module], args: tuple, reference: Timed, s: Settings) -> Scan:
+    """Torch-Pruning's models around ``reference``'s latency.
 
     Torch-Pruning's latency is not monotonic in its ratio (odd channel counts can be slower than
-    larger even ones in onnxruntime), so a bisection can stop on a model much faster than the
-    reference and under-rate it.  Instead: scan a grid of ratios, take the smallest one whose
-    paired latency ratio is <= ``BISECT_ACCEPT``, then bisect between it and the grid point below
-    it.  If no ratio is fast enough, the fastest model tried is returned with a note."""
-    cache: dict[tuple, float] = {}
-    tried: list[tuple[float, float, nn.Module]] = []
+    larger even ones in onnxruntime), so a bisection alone can stop on a model much faster than
+    the reference.  Scan a grid of ratios, then bisect between the first one as fast as the
+    reference and the grid point below it.  The finalists, timed again with every other model at
+    the end, are the ``s.finalists`` least-pruned models that were as fast as the reference and
+    the ``s.finalists`` least-pruned ones that were slower by at most twice the tolerance (the
+    final timing decides which really are as fast); or the fastest model tried if none is near."""
+    cache: dict[tuple, tuple[float, float, nn.Module]] = {}
 
     def evaluate(ratio: float) -> float:
         model = build(ratio)
         key = architecture(model)
         if key not in cache:
-            cache[key] = paired_ratio(Timed(model, args, s.threads), reference, s)
-        tried.append((ratio, cache[key], model))
-        return cache[key]
+            cache[key] = (ratio, paired_ratio(Timed(model, args, s.threads), reference, s), model)
+        return cache[key][1]
 
-    note = ""
     grid = [round(s.max_ratio * (i + 1) / s.grid_points, 6) for i in range(s.grid_points)]
-    prev = 0.0
-    found = None
+    prev, found = 0.0, None
     for ratio in grid:
         if evaluate(ratio) <= BISECT_ACCEPT:
             found = ratio
             break
         prev = ratio
-    if found is None:
-        note = f"even ratio {s.max_ratio:g} is slower than prunepass's model"
-    else:
+    if found is not None:
         lo, hi = prev, found
         for _ in range(s.bisect_steps):
             mid = (lo + hi) / 2
@@ -230,9 +235,12 @@ def match_latency(build: Callable[[float], nn.Module], args: tuple, reference: T
                 hi = mid
             else:
                 lo = mid
-    ok = [t for t in tried if t[1] <= BISECT_ACCEPT]
-    ratio, rel, model = min(ok, key=lambda t: t[0]) if ok else min(tried, key=lambda t: t[1])
-    return Match(ratio, model, rel, [(r, v) for r, v, _ in tried], note)
+    tried = sorted(cache.values(), key=lambda t: t[0])
+    near = [t for t in tried if t[1] <= 1 + 2 * LATENCY_MATCH_TOLERANCE]
+    finalists = ([t for t in near if t[1] <= BISECT_ACCEPT][:s.finalists]
+                 + [t for t in near if t[1] > BISECT_ACCEPT][:s.finalists]) or [min(tried, key=lambda t: t[1])]
+    note = "" if near else f"no ratio up to {s.max_ratio:g} is as fast as prunepass's model"
+    return Scan(tried, finalists, note)
 
 
 # --------------------------------------------------------------------------- one comparison
@@ -282,21 +290,23 @@ def compare(case: Case, s: Settings) -> Config:
     if reference_name in built:
         reference = Timed(built[reference_name], case.args, s.threads)
         for variant in s.tp_variants:
-            row = Row(f"torch-pruning {variant}")
-            rows.append(row)
             t0 = time.perf_counter()
             try:
-                m = match_latency(lambda ratio, g=variant == "global": case.tp_build(ratio, g), case.args, reference, s)
-                built[row.method] = m.model
-                row.tp_ratio, row.matched = m.ratio, m.rel
-                if m.note:
-                    row.notes.append(m.note)
-                info[f"bisection {variant}"] = m.history
+                scan = scan_latency(lambda ratio, g=variant == "global": case.tp_build(ratio, g), case.args,
+                                    reference, s)
             except Exception as exc:  # noqa: BLE001
-                row.error = short_error(exc)
-                info[f"{row.method} traceback"] = traceback.format_exc()
-            print(f"    {row.method}: {time.perf_counter() - t0:.1f}s ratio {row.tp_ratio} "
-                  f"paired latency ratio to {reference_name} {row.matched} {row.error or ''}", flush=True)
+                rows.append(Row(f"torch-pruning {variant}", variant=variant, error=short_error(exc)))
+                info[f"torch-pruning {variant} traceback"] = traceback.format_exc()
+                continue
+            info[f"scan {variant}"] = [(r, v) for r, v, _ in scan.tried]
+            for ratio, rel, model in scan.finalists:
+                row = Row(f"torch-pruning {variant} r={ratio:.4g}", tp_ratio=ratio, matched=rel, variant=variant)
+                if scan.note:
+                    row.notes.append(scan.note)
+                rows.append(row)
+                built[row.method] = model
+            print(f"    torch-pruning {variant}: {time.perf_counter() - t0:.1f}s, {len(scan.tried)} models, finalists "
+                  + ", ".join(f"r={r:.4g} ({v:.3f}x ours)" for r, v, _ in scan.finalists), flush=True)
     for row in rows[1:]:
         if row.method in built:
             model = built[row.method]
@@ -304,6 +314,10 @@ def compare(case: Case, s: Settings) -> Config:
             row.notes.insert(0, widths_note(model))
             row.quality = case.quality(model)
     measure_rows(rows, built, case.args, s)
+    ours = next((r for r in rows if r.method == reference_name and r.latency_ms), None)
+    for row in rows:
+        if ours is not None and row.latency_ms:
+            row.lat_vs_ours = row.latency_ms / ours.latency_ms
     return Config(case.part, case.name, rows, info)
 
 
@@ -575,10 +589,10 @@ def fmt_pct(x: float | None) -> str:
 def render(config: Config) -> str:
     if config.part == "a":
         heads = ["method", "latency median ms (ratio)", "p10 ms", "params", "FLOPs", "acc no-FT", "acc BN-recal",
-                 "acc FT", "TP ratio", "paired lat/ours"]
+                 "acc FT", "lat/ours", "scan lat/ours"]
     else:
         heads = ["method", "latency median ms (ratio)", "p10 ms", "params", "FLOPs", "cos mean", "cos min",
-                 "TP ratio", "paired lat/ours"]
+                 "lat/ours", "scan lat/ours"]
     lines = []
     for r in config.rows:
         lat = "-" if r.latency_ms is None else f"{r.latency_ms:.3f} ({r.latency_ratio:.3f})"
@@ -587,7 +601,7 @@ def render(config: Config) -> str:
             q = [fmt_pct(r.quality.get(k)) for k in ("acc_raw", "acc_bn", "acc_ft")]
         else:
             q = [("-" if k not in r.quality else f"{r.quality[k]:.4f}") for k in ("cos_mean", "cos_min")]
-        tail = ["-" if r.tp_ratio is None else f"{r.tp_ratio:.4f}", "-" if r.matched is None else f"{r.matched:.3f}"]
+        tail = ["-" if r.lat_vs_ours is None else f"{r.lat_vs_ours:.3f}", "-" if r.matched is None else f"{r.matched:.3f}"]
         lines.append([r.method, lat, p10, fmt_count(r.params), fmt_count(r.flops), *q, *tail])
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(heads)]
     out = [f"## part {config.part}: {config.name}",
@@ -603,30 +617,40 @@ def render(config: Config) -> str:
 
 
 def goals(configs: Sequence[Config]) -> list[Goal]:
+    """Ours ahead = for every Torch-Pruning variant, no model of it that measured at most
+    ``1 + LATENCY_MATCH_TOLERANCE`` times our latency in the final table is better on the key
+    (a variant with no model that fast has nothing to offer at this latency)."""
     out = []
     for c in configs:
-        tps = [r for r in c.rows if r.method.startswith("torch-pruning") and r.quality]
         keys = ("acc_raw", "acc_ft") if c.part == "a" else ("cos_mean",)
+        variants = sorted({r.variant for r in c.rows if r.variant})
         for ours in (r for r in c.rows if r.method.startswith("prunepass")):
             for key in keys:
                 name = f"part {c.part} [{c.name}] {ours.method} ahead of Torch-Pruning on {key} at the same latency"
-                if not ours.quality or not tps:
-                    out.append(Goal(name, False, "prunepass or Torch-Pruning produced no model"))
+                if not ours.quality or not ours.latency_ms or not variants:
+                    out.append(Goal(name, False, "prunepass or Torch-Pruning produced no measured model"))
                     continue
-                parts = []
-                passed = True
-                for tpr in tps:
-                    # ahead = at least as good while Torch-Pruning is not faster by more than the tolerance
-                    lat_rel = (tpr.latency_ms / ours.latency_ms) if tpr.latency_ms and ours.latency_ms else math.nan
-                    tp_faster = not lat_rel >= 1 - LATENCY_MATCH_TOLERANCE
-                    # a variant with no model as fast as ours at any ratio has nothing at this latency
-                    unreachable = any("slower than prunepass" in n for n in tpr.notes)
-                    passed = passed and (unreachable or (ours.quality[key] >= tpr.quality[key] and not tp_faster))
-                    match = ("" if abs(lat_rel - 1) <= LATENCY_MATCH_TOLERANCE
-                             else ", TP faster: not comparable" if tp_faster
-                             else ", TP cannot reach this latency at any ratio" if unreachable else ", TP slower")
-                    parts.append(f"{ours.quality[key]:.4f} vs {tpr.method} {tpr.quality[key]:.4f} "
-                                 f"(TP latency {lat_rel:.3f}x ours{match})")
+                parts, passed = [], True
+                for v in variants:
+                    cands = [r for r in c.rows if r.variant == v and r.quality and r.latency_ms]
+                    fast = [r for r in cands if r.latency_ms <= ours.latency_ms * (1 + LATENCY_MATCH_TOLERANCE)]
+                    if not cands:
+                        passed = False
+                        parts.append(f"torch-pruning {v}: no model")
+                    elif not fast:
+                        slowest = min(r.latency_ms for r in cands) / ours.latency_ms
+                        parts.append(f"torch-pruning {v}: no model as fast as ours (fastest {slowest:.3f}x ours)")
+                    else:
+                        best = max(fast, key=lambda r: r.quality[key])
+                        passed = passed and ours.quality[key] >= best.quality[key]
+                        text = (f"{ours.quality[key]:.4f} vs best {best.method} {best.quality[key]:.4f} "
+                                f"(its latency {best.latency_ms / ours.latency_ms:.3f}x ours)")
+                        slower = [r for r in cands if r not in fast]
+                        if slower:  # for context: Torch-Pruning's next model up, slower than ours
+                            up = min(slower, key=lambda r: r.latency_ms)
+                            text += (f"; its next slower model {up.method} {up.quality[key]:.4f} at "
+                                     f"{up.latency_ms / ours.latency_ms:.3f}x")
+                        parts.append(text)
                 out.append(Goal(name, passed, "; ".join(parts)))
             goal = c.info.get("latency_goal")
             if ours.latency_ratio is not None and goal is not None:
@@ -674,6 +698,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, S
     p.add_argument("--bisect-runs", type=int, default=d.bisect_runs)
     p.add_argument("--bisect-rounds", type=int, default=d.bisect_rounds)
     p.add_argument("--bisect-steps", type=int, default=d.bisect_steps)
+    p.add_argument("--finalists", type=int, default=d.finalists,
+                   help="Torch-Pruning models per side of our latency kept for the final table")
     p.add_argument("--grid-points", type=int, default=d.grid_points,
                    help="Torch-Pruning ratios scanned before bisecting (0.9 * k / N)")
     p.add_argument("--ft-epochs", type=int, default=d.ft_epochs)
@@ -694,7 +720,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, S
     if not a.criteria or set(a.criteria) - {"taylor", "fisher", "magnitude"}:
         p.error("--criteria takes taylor, fisher and/or magnitude")
     s = Settings(seed=a.seed, runs=a.runs, rounds=a.rounds, bisect_runs=a.bisect_runs, bisect_rounds=a.bisect_rounds,
-                 bisect_steps=a.bisect_steps, grid_points=a.grid_points, batches=tuple(int(b) for b in a.batches), ft_epochs=a.ft_epochs,
+                 bisect_steps=a.bisect_steps, grid_points=a.grid_points, finalists=a.finalists,
+                 batches=tuple(int(b) for b in a.batches), ft_epochs=a.ft_epochs,
                  seq_len=a.seq_len, tp_variants=tuple(a.tp_variants), a_targets=tuple(a.a_targets),
                  b_targets=tuple(a.b_targets), b_loss=a.b_loss, criteria=tuple(a.criteria))
     return a, s

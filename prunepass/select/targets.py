@@ -17,6 +17,7 @@ from prunepass.plan import Plan
 log = logging.getLogger(__name__)
 
 METRICS = ("latency", "flops", "params", "ratio")
+REMEASURE_SECONDS = 1.5  # a confirmation timing of a candidate is capped near this many seconds
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,16 @@ class LatencyOracle:
             self.cache[key] = self.measure(plan)
         return self.cache[key]
 
+    def long_runs(self) -> int:
+        """Runs for a confirmation timing: 4x the usual (at least 200), but no more than about
+        ``REMEASURE_SECONDS`` of the unpruned model's time (a candidate is timed between two
+        timings of the unpruned model, so a slow model would otherwise take ~10 s a candidate)."""
+        runs = max(200, 4 * self.runs)
+        reference_ms = getattr(self, "_reference", None)
+        if reference_ms:
+            runs = min(runs, int(REMEASURE_SECONDS * 1000.0 / reference_ms))
+        return max(self.runs, runs)
+
     def measure(self, plan: Plan, runs: int | None = None) -> float:
         from prunepass.onnx_backend import OnnxExportError, OnnxTemplate
 
@@ -115,9 +126,9 @@ class LatencyOracle:
                     return self._reference
                 # time the unpruned model right before and after the candidate and scale: load
                 # from other processes drifts both alike, so the ratio is what we trust
-                before = getattr(self._template.measure(_empty(self.analysis), **kwargs), self.statistic)
+                before = getattr(self._template.measure(_empty(self.analysis), check=False, **kwargs), self.statistic)
                 value = getattr(self._template.measure(plan, check=False, **kwargs), self.statistic)
-                after = getattr(self._template.measure(_empty(self.analysis), **kwargs), self.statistic)
+                after = getattr(self._template.measure(_empty(self.analysis), check=False, **kwargs), self.statistic)
                 return self._reference * value / (0.5 * (before + after))
             except (OnnxExportError, LatencyMeasurementError, RuntimeError) as exc:
                 log.warning("ONNX fast path unavailable (%s); timing candidates by full export", str(exc)[:200])
@@ -183,7 +194,9 @@ class Evaluator:
     def remeasure(self, plan: Plan) -> float:
         """A fresh, longer latency measurement of ``plan`` (single timings are noisy on a shared
         machine); searches use it to confirm finalists.  Not cached."""
-        return self.latency.measure(plan, runs=max(200, self.latency.runs * 4))
+        oracle = self.latency
+        long_runs = getattr(oracle, "long_runs", None)  # duck-typed oracles may not have it
+        return oracle.measure(plan, runs=long_runs() if long_runs else max(200, oracle.runs * 4))
 
     def value(self, metric: str, plan: Plan) -> float:
         w = plan.widths(self.analysis)
