@@ -175,7 +175,7 @@ def build_report(a: Analysis, plan: Plan, cost: CostModel, target: Target, searc
 
 def _emit_and_measure(result: PruneResult, original: nn.Module, out_dir: str | Path | None, threads: int,
                       measure: bool) -> None:
-    from prunepass.onnx_backend import export_onnx, measure_latency
+    from prunepass.onnx_backend import example_feeds, export_onnx, make_session, paired_latency
 
     a = result.analysis
     args, kwargs = a.captured.args, a.captured.kwargs
@@ -187,15 +187,18 @@ def _emit_and_measure(result: PruneResult, original: nn.Module, out_dir: str | P
         return
     base_target = _entry_module(original, a.captured.entry_point)
     base_proto = export_onnx(base_target, args, kwargs, verify=False)
+    sessions = []
+    for p in (base_proto, proto):
+        sess = make_session(p, threads)
+        sessions.append((sess, example_feeds(sess, args, kwargs)))
     rounds: dict[str, list[Any]] = {"original": [], "pruned": []}
-    for r in range(FINAL_ROUNDS):  # interleaved, order alternating: both share the machine's drift
-        for name in (("original", "pruned") if r % 2 == 0 else ("pruned", "original")):
-            rounds[name].append(measure_latency(base_proto if name == "original" else proto, threads=threads,
-                                                runs=100, warmup=10))
+    for _ in range(FINAL_ROUNDS):  # original and pruned run by run in turn: both share the machine's load
+        o, p = paired_latency(sessions, runs=100, warmup=10, threads=threads)
+        rounds["original"].append(o)
+        rounds["pruned"].append(p)
     lat: dict[str, Any] = {k: {"median_ms": statistics.median(s.median for s in v), "p10_ms": min(s.p10 for s in v)}
                            for k, v in rounds.items()}
-    # the ratio is the median of per-round ratios: a load spike in one round moves one pair, not
-    # the original's median alone
+    # the ratio is the median of per-round ratios: a load spike in one round moves one pair
     lat["round_ratios"] = [p.median / o.median for p, o in zip(rounds["pruned"], rounds["original"], strict=True)]
     lat["ratio"] = statistics.median(lat["round_ratios"])
     if lat["ratio"] >= 1.0:

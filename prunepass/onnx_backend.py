@@ -98,7 +98,7 @@ def make_session(proto_or_path: Any, threads: int = 1, provider: str = "CPUExecu
     return ort.InferenceSession(data, so, providers=[provider])
 
 
-def _feeds(sess: Any, args: tuple, kwargs: dict) -> dict[str, np.ndarray]:
+def example_feeds(sess: Any, args: tuple, kwargs: dict) -> dict[str, np.ndarray]:
     flat = [a for a in torch.utils._pytree.tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)]
     names = [i.name for i in sess.get_inputs()]
     if len(names) != len(flat):
@@ -108,7 +108,7 @@ def _feeds(sess: Any, args: tuple, kwargs: dict) -> dict[str, np.ndarray]:
 
 def run_onnx(proto_or_path: Any, args: tuple, kwargs: dict | None = None) -> list[np.ndarray]:
     sess = make_session(proto_or_path)
-    return sess.run(None, _feeds(sess, args, kwargs or {}))
+    return sess.run(None, example_feeds(sess, args, kwargs or {}))
 
 
 def verify_onnx(proto: Any, model: Any, args: tuple, kwargs: dict, atol: float = 1e-4, rtol: float = 1e-3) -> float:
@@ -191,12 +191,42 @@ def measure_latency(model: Any, feeds: dict[str, np.ndarray] | None = None, *, t
         raise
     except Exception as exc:  # noqa: BLE001
         raise LatencyMeasurementError(f"onnxruntime could not run the model: {type(exc).__name__}: {exc}") from exc
-    times.sort()
+    return _stats(times, warmup, threads, provider)
+
+
+def _stats(times: list[float], warmup: int, threads: int, provider: str) -> LatencyStats:
+    times = sorted(times)
     q = statistics.quantiles(times, n=10, method="inclusive")
     med = statistics.median(times)
     return LatencyStats(p10=q[0], median=med, p90=q[-1], mean=statistics.fmean(times),
                         spread=(q[-1] - q[0]) / med if med else 0.0, runs=len(times), warmup=warmup,
                         threads=threads, provider=provider)
+
+
+def paired_latency(sessions: list[tuple[Any, dict[str, np.ndarray]]], *, runs: int = 50, warmup: int = 10,
+                   threads: int = 1, provider: str = "CPUExecutionProvider") -> list[LatencyStats]:
+    """Latency of several (session, feeds) pairs timed run by run in turn (a, b, a, b, ...).
+
+    On a shared machine the load changes within seconds; timed in blocks, one model can get a
+    quiet second and the other a busy one.  Alternating single runs gives every model the same
+    share of the load, so the *ratio* of their statistics is what this measures well."""
+    if runs < 3:
+        raise LatencyMeasurementError("runs must be >= 3 to report percentiles")
+    times: list[list[float]] = [[] for _ in sessions]
+    try:
+        for sess, feeds in sessions:
+            for _ in range(warmup):
+                sess.run(None, feeds)
+        for r in range(runs):
+            order = range(len(sessions)) if r % 2 == 0 else reversed(range(len(sessions)))
+            for i in order:
+                sess, feeds = sessions[i]
+                t = time.perf_counter()
+                sess.run(None, feeds)
+                times[i].append((time.perf_counter() - t) * 1000.0)
+    except Exception as exc:  # noqa: BLE001
+        raise LatencyMeasurementError(f"onnxruntime could not run the model: {type(exc).__name__}: {exc}") from exc
+    return [_stats(t, warmup, threads, provider) for t in times]
 
 
 def model_bytes(proto: Any) -> bytes:
@@ -324,19 +354,27 @@ class OnnxTemplate:
             new_inits.append(numpy_helper.from_array(np.zeros(w.dims[0], dtype=np.float32), name))
             node.input[2] = name
 
-    def measure(self, plan: Any, check: bool = True, **latency_kwargs: Any) -> LatencyStats:
-        """Latency of the candidate (see :func:`measure_latency` for the keyword arguments)."""
-        threads, provider = latency_kwargs.get("threads", 1), latency_kwargs.get("provider", "CPUExecutionProvider")
+    def session(self, plan: Any, check: bool = True, threads: int = 1,
+                provider: str = "CPUExecutionProvider") -> tuple[Any, dict[str, np.ndarray]]:
+        """An onnxruntime session of the candidate and its feeds (the example inputs); with
+        ``check`` its outputs are compared with the pruned program's first.  The unpruned
+        model's session (empty plan, no check) is built once and kept: every candidate is timed
+        against it."""
         reference = not plan.keep and not check
         if reference and self._reference is not None and self._reference[0] == (threads, provider):
-            sess, feeds = self._reference[1:]
-        else:
-            sess = make_session(self.candidate(plan), threads, provider)
-            feeds = _feeds(sess, self.analysis.captured.args, self.analysis.captured.kwargs)
-            if check:
-                self.check(plan, sess, feeds)
-            if reference:  # the unpruned model is timed around every candidate: keep its session
-                self._reference = ((threads, provider), sess, feeds)
+            return self._reference[1], self._reference[2]
+        sess = make_session(self.candidate(plan), threads, provider)
+        feeds = example_feeds(sess, self.analysis.captured.args, self.analysis.captured.kwargs)
+        if check:
+            self.check(plan, sess, feeds)
+        if reference:
+            self._reference = ((threads, provider), sess, feeds)
+        return sess, feeds
+
+    def measure(self, plan: Any, check: bool = True, **latency_kwargs: Any) -> LatencyStats:
+        """Latency of the candidate (see :func:`measure_latency` for the keyword arguments)."""
+        sess, feeds = self.session(plan, check, latency_kwargs.get("threads", 1),
+                                   latency_kwargs.get("provider", "CPUExecutionProvider"))
         return measure_latency(None, feeds, session=sess, **latency_kwargs)
 
     def check(self, plan: Any, sess: Any, feeds: dict[str, np.ndarray]) -> None:

@@ -299,3 +299,29 @@ def test_latency_oracle_reuses_the_reference_session_and_caps_confirmation_runs(
     assert oracle.long_runs() == 30
     oracle.runs = 40
     assert oracle.long_runs() == 40
+
+
+def test_paired_latency_times_models_in_turn_and_ranks_them():
+    """Run-by-run interleaved timing: every model gets its runs, and a model doing ~1000x the
+    work of another measures slower in both statistics."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from prunepass.onnx_backend import make_session, paired_latency
+
+    def matmul_model(n: int) -> onnx.ModelProto:
+        w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((n, n)).astype(np.float32), "w")
+        graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, n])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, n])], [w])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    sessions = []
+    for n in (8, 256):
+        sess = make_session(matmul_model(n), 1)
+        sessions.append((sess, {"x": np.ones((n, n), dtype=np.float32)}))
+    small, big = paired_latency(sessions, runs=30, warmup=2)
+    assert small.runs == big.runs == 30
+    assert big.p10 > small.p10 and big.median > small.median
+    with pytest.raises(Exception, match="runs must be >= 3"):
+        paired_latency(sessions, runs=2)

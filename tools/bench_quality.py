@@ -35,8 +35,9 @@ is zero at the unpruned model (the cosine is at its maximum), which leaves first
 scores to rounding noise.  Quality: cosine similarity to the original embeddings on 30 held-out
 sentences (30 others calibrate, 3 batches of 10).
 
-The latency column of the tables is measured at the end, all models of a configuration
-interleaved over ``--rounds`` rounds (median of the per-round medians; ratio to the original).
+The latency column of the tables is measured at the end, all models of a configuration timed
+run by run in turn over ``--rounds`` rounds of ``--runs`` runs (median of the per-round
+medians; ratio to the original).
 The "goals" section prints PASS / MISS; it never raises.
 
 Extra prunepass targets (``--a-targets`` / ``--b-targets``, e.g. ``flops=60%``) add configurations;
@@ -73,7 +74,7 @@ import models
 from prunepass.api import PruneResult, prune
 from prunepass.costs import count_flops, count_params
 from prunepass.importance import finetune_bn
-from prunepass.onnx_backend import export_onnx, measure_latency
+from prunepass.onnx_backend import example_feeds, export_onnx, paired_latency
 
 NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "torch.fx", "torch._dynamo", "onnxscript",
                  "onnx_ir", "prunepass", "transformers")
@@ -160,24 +161,21 @@ class Timed:
     def __init__(self, model: nn.Module, args: tuple, threads: int) -> None:
         proto = export_onnx(model.eval(), args, {}, verify=False)
         self.session = make_session(proto, threads)
-        names = [i.name for i in self.session.get_inputs()]
-        tensors = [a for a in args if isinstance(a, torch.Tensor)]
-        self.feeds = ({n: t.detach().numpy() for n, t in zip(names, tensors, strict=True)}
-                      if len(names) == len(tensors) else None)
+        self.feeds = example_feeds(self.session, args, {})
         self.threads = threads
-
-    def measure(self, runs: int, warmup: int) -> Any:
-        return measure_latency(None, self.feeds, session=self.session, threads=self.threads, runs=runs, warmup=warmup)
 
 
 def interleaved(timed: dict[str, Timed], rounds: int, runs: int, warmup: int) -> dict[str, list[Any]]:
-    """Per-round latency stats of every model, measured in turn (order rotated every round)."""
+    """Per-round latency stats of every model; within a round the models run one run each in
+    turn (prunepass's ``paired_latency``), so every model gets the same share of the load."""
     names = list(timed)
     out: dict[str, list[Any]] = {n: [] for n in names}
-    for r in range(rounds):
-        k = r % len(names)
-        for n in names[k:] + names[:k]:
-            out[n].append(timed[n].measure(runs, warmup))
+    threads = next(iter(timed.values())).threads
+    for _ in range(rounds):
+        stats = paired_latency([(timed[n].session, timed[n].feeds) for n in names], runs=runs, warmup=warmup,
+                               threads=threads)
+        for n, st in zip(names, stats, strict=True):
+            out[n].append(st)
     return out
 
 

@@ -30,6 +30,7 @@ FILL_MARGIN = 0.03
 LATENCY_BAND = 0.07  # finalists this close under a latency goal are preferred
 UNIFORM_SEED_STEP = 0.15  # a second, more pruned uniform start for the loss-guided fill
 NEAR_FASTEST = 1.05  # when no candidate fits, those this close to the fastest are "as fast"
+FILL_STEPS = 16  # the fill step widens a group by at least 1/16 of its size at a time
 
 
 @dataclass
@@ -274,8 +275,8 @@ def _fill_latency(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.n
                   use_loss: bool = True) -> tuple[Plan, float, float]:
     """Spend latency left under the goal: the MILP works on a FLOPs proxy and can land well
     below a latency goal (discrete widths, per-operator overhead the proxy does not see).
-    Greedily widen a group one allowed width at a time, keeping a step only when its re-timed
-    latency still fits: the group with the best kept-importance gain per predicted latency, or,
+    Greedily widen a group by a step (at least 1/``FILL_STEPS`` of its size, one allowed width
+    once that step has not fit), keeping a step only when its re-timed latency still fits: the group with the best kept-importance gain per predicted latency, or,
     with a calibration loss (``evaluator.loss``), the best loss decrease per predicted latency
     among the ``loss_candidates`` best of those."""
     plan, achieved, value = chosen
@@ -287,6 +288,7 @@ def _fill_latency(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.n
     if slope <= 0:
         slope = float(lat.max() / max(f.max(), 1.0))
     blocked: set[str] = set()
+    fine: set[str] = set()  # groups whose coarse step did not fit: one allowed width at a time
     meta = {k: v for k, v in plan.meta.items() if k in ("strategy", "target")}
     for _ in range(max_measurements):
         flops_now = float(cost.flops(widths))
@@ -295,12 +297,19 @@ def _fill_latency(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.n
             w = widths[name]
             if name in blocked or w >= opts[-1]:
                 continue
-            up = opts[opts.index(w) + 1] if w in opts else next(o for o in opts if o > w)
-            gain = kept_value(rank[name], up) - kept_value(rank[name], w)
-            dflops = float(cost.flops({**widths, name: up})) - flops_now
-            if achieved + slope * max(dflops, 0.0) > goal * (1 - FILL_MARGIN):
-                continue
-            moves.append((gain / max(dflops, 1.0), gain, name, up, dflops))
+            # a step is at least 1/FILL_STEPS of the group (one allowed width of a 1536-wide FFN
+            # is 0.5 %: a few measured steps would hardly move it); the finest step if that
+            # one is predicted not to fit or did not fit when measured
+            coarse = w + max(1, round(opts[-1] / FILL_STEPS))
+            steps = [next((o for o in opts if o > w), opts[-1])]
+            if name not in fine:
+                steps.insert(0, next((o for o in opts if o >= coarse), opts[-1]))
+            for up in dict.fromkeys(steps):
+                dflops = float(cost.flops({**widths, name: up})) - flops_now
+                if achieved + slope * max(dflops, 0.0) <= goal * (1 - FILL_MARGIN):
+                    gain = kept_value(rank[name], up) - kept_value(rank[name], w)
+                    moves.append((gain / max(dflops, 1.0), gain, name, up, dflops))
+                    break
         if not moves:
             break
         moves.sort(reverse=True)
@@ -325,6 +334,8 @@ def _fill_latency(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.n
         history.append({"value": measured, "score": value + gain, "predicted": achieved + slope * max(dflops, 0.0)})
         if measured <= goal * (1 - FILL_MARGIN):
             widths, plan, achieved, value = {**widths, name: up}, trial_plan, measured, value + gain
+        elif name not in fine and up != next((o for o in options[name] if o > widths[name]), up):
+            fine.add(name)  # the coarse step was too much: try this group one width at a time
         else:
             blocked.add(name)
     return plan, achieved, value

@@ -77,8 +77,8 @@ class LatencyOracle:
 
     Searches compare candidates by the 10th percentile (``statistic="p10"``): interference from
     other processes only ever adds time, so a low percentile is the steadiest estimate of a
-    candidate's own cost on a shared machine; each candidate is also scaled by the unpruned
-    model timed right before and after it.  Final reports give the median and p10."""
+    candidate's own cost on a shared machine; each candidate is also timed run by run in turn
+    with the unpruned model and scaled by it.  Final reports give the median and p10."""
 
     def __init__(self, analysis: Analysis, *, threads: int = 1, runs: int = 60, warmup: int = 10,
                  use_fast_path: bool = True, statistic: str = "p10") -> None:
@@ -103,8 +103,8 @@ class LatencyOracle:
 
     def long_runs(self) -> int:
         """Runs for a confirmation timing: 4x the usual (at least 200), but no more than about
-        ``REMEASURE_SECONDS`` of the unpruned model's time (a candidate is timed between two
-        timings of the unpruned model, so a slow model would otherwise take ~10 s a candidate)."""
+        ``REMEASURE_SECONDS`` of the unpruned model's time (a candidate is timed in turn with
+        the unpruned model, so a slow model would otherwise take ~10 s a candidate)."""
         runs = max(200, 4 * self.runs)
         reference_ms = getattr(self, "_reference", None)
         if reference_ms:
@@ -112,7 +112,7 @@ class LatencyOracle:
         return max(self.runs, runs)
 
     def measure(self, plan: Plan, runs: int | None = None) -> float:
-        from prunepass.onnx_backend import OnnxExportError, OnnxTemplate
+        from prunepass.onnx_backend import OnnxExportError, OnnxTemplate, paired_latency
 
         self.evaluations += 1
         kwargs = dict(threads=self.threads, runs=runs or self.runs, warmup=self.warmup)
@@ -124,12 +124,12 @@ class LatencyOracle:
                     self._reference = getattr(self._template.measure(_empty(self.analysis), **kwargs), self.statistic)
                 if not plan.keep:
                     return self._reference
-                # time the unpruned model right before and after the candidate and scale: load
-                # from other processes drifts both alike, so the ratio is what we trust
-                before = getattr(self._template.measure(_empty(self.analysis), check=False, **kwargs), self.statistic)
-                value = getattr(self._template.measure(plan, check=False, **kwargs), self.statistic)
-                after = getattr(self._template.measure(_empty(self.analysis), check=False, **kwargs), self.statistic)
-                return self._reference * value / (0.5 * (before + after))
+                # time the candidate and the unpruned model run by run in turn and scale: load from
+                # other processes hits both alike, so the ratio is what we trust
+                ref = self._template.session(_empty(self.analysis), check=False, threads=self.threads)
+                cand = self._template.session(plan, check=False, threads=self.threads)
+                value, base = paired_latency([cand, ref], **kwargs)
+                return self._reference * getattr(value, self.statistic) / getattr(base, self.statistic)
             except (OnnxExportError, LatencyMeasurementError, RuntimeError) as exc:
                 log.warning("ONNX fast path unavailable (%s); timing candidates by full export", str(exc)[:200])
                 self._fast = False
