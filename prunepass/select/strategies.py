@@ -30,6 +30,7 @@ FILL_MARGIN = 0.03
 LATENCY_BAND = 0.07  # finalists this close under a latency goal are preferred
 UNIFORM_SEED_STEP = 0.15  # a second, more pruned uniform start for the loss-guided fill
 NEAR_FASTEST = 1.05  # when no candidate fits, those this close to the fastest are "as fast"
+LOSS_SLACK = 0.05  # a finalist in the latency band may cost this much more calibration loss
 FILL_STEPS = 16  # the fill step widens a group by at least 1/16 of its size at a time
 
 
@@ -386,7 +387,8 @@ def _pick_latency_candidate(analysis: Analysis, evaluator: Evaluator, rank: dict
     it predicts, and onnxruntime's speed is not a function of FLOPs alone, so a uniform network
     is sometimes both faster and more accurate.  With a calibration loss (``evaluator.loss``)
     the lower loss among the candidates that fit wins (those within ``LATENCY_BAND`` under the
-    goal first); without one the larger kept importance.  If none fits, the candidates within
+    goal first, unless that costs more than ``LOSS_SLACK`` of the best loss); without one the
+    larger kept importance (those in the band first).  If none fits, the candidates within
     ``NEAR_FASTEST`` of the fastest compete the same way."""
     uni, ratio = _uniform_latency(analysis, evaluator, rank, constraint, goal, history)
     uni = (uni[0], evaluator.remeasure(uni[0]), uni[2])
@@ -401,26 +403,32 @@ def _pick_latency_candidate(analysis: Analysis, evaluator: Evaluator, rank: dict
         if seed[1] <= goal:
             candidates.append(_fill_latency(analysis, evaluator, rank, options, seed, goal, points, history))
     pool = [c for c in candidates if c[1] <= goal]
-    # a latency target is a promise both ways: prefer finalists within 7 % under the goal
-    pool = [c for c in pool if c[1] >= goal * (1 - LATENCY_BAND)] or pool
     if not pool:
         fastest = min(c[1] for c in candidates)
         pool = [c for c in candidates if c[1] <= fastest * NEAR_FASTEST]
+    # a latency target is a promise both ways: prefer finalists within 7 % under the goal (with a
+    # calibration loss: unless that costs more than LOSS_SLACK of the best finalist's loss)
+    in_band = [c for c in pool if goal * (1 - LATENCY_BAND) <= c[1] <= goal]
     if evaluator.has_loss:
         losses = [evaluator.loss(c[0]) for c in pool]
         for c, loss in zip(pool, losses, strict=True):
             log.debug("latency candidate %s: latency %.4g, kept importance %.4g, calibration loss %.4g",
                       list(c[0].widths(analysis).values()), c[1], c[2], loss)
         best, best_loss = pool[int(np.argmin(losses))], min(losses)
+        band = [(loss, i) for i, (c, loss) in enumerate(zip(pool, losses, strict=True))
+                if any(c is b for b in in_band) and loss <= best_loss + LOSS_SLACK * abs(best_loss)]
+        if band:
+            best = pool[min(band)[1]]
+            best_loss = min(band)[0]
         if best[1] < goal * (1 - LATENCY_BAND):
             # the loss-guided widening stopped short of the goal: widen by importance into the
             # band, unless that costs calibration loss (a target is a promise both ways)
             grown = _fill_latency(analysis, evaluator, rank, options, best, goal, points, history, use_loss=False)
-            in_band = goal * (1 - LATENCY_BAND) <= grown[1] <= goal
-            if in_band and evaluator.loss(grown[0]) <= best_loss + 0.05 * abs(best_loss):
+            grown_in_band = goal * (1 - LATENCY_BAND) <= grown[1] <= goal
+            if grown_in_band and evaluator.loss(grown[0]) <= best_loss + LOSS_SLACK * abs(best_loss):
                 return grown
         return best
-    return max(pool, key=lambda c: c[2])
+    return max(in_band or pool, key=lambda c: c[2])
 
 
 def _latency_budget(points: list[tuple[float, float]], goal: float, max_flops: float) -> float:
