@@ -99,8 +99,8 @@ def prune(model: nn.Module, example_inputs: Any, *, data: Iterable | None = None
           show_progress: bool = False, **sample_fns: Any) -> PruneResult:
     """Analyse, score, select and apply in one call.
 
-    ``data`` + ``loss_fn(output, batch)`` give gradient importance (``criterion`` taylor or
-    fisher); without data the magnitude criterion is used.  ``target`` is ``ratio=0.4``,
+    ``data`` + ``loss_fn(output, batch)`` give gradient importance (``criterion`` taylor,
+    taylor_acc or fisher); without data the magnitude criterion is used.  ``target`` is ``ratio=0.4``,
     ``flops=50%``, ``params=5e6`` or ``latency=60%`` / ``latency=2.5`` (ms, onnxruntime on this
     machine).  With ``out_dir`` the pruned state dict, plan, ONNX file and report are written
     there.  The user's model is never modified."""

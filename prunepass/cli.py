@@ -90,7 +90,7 @@ data:
     _model_args(pr)
     pr.add_argument("--target", required=True, help="latency=60%% | flops=50%% | params=5e6 | ratio=0.4")
     pr.add_argument("--strategy", default="auto", choices=["auto", "uniform", "global", "target", "knapsack", "optimal"])
-    pr.add_argument("--criterion", default="taylor", choices=["taylor", "fisher", "magnitude"])
+    pr.add_argument("--criterion", default="taylor", choices=["taylor", "taylor_acc", "fisher", "magnitude"])
     pr.add_argument("--data", help="package.module:factory returning (loader, loss_fn) or a loader")
     pr.add_argument("--steps", type=int, default=8, help="calibration batches (default 8)")
     pr.add_argument("--min-channels", type=int, default=1, help="smallest width per group")

@@ -4,6 +4,9 @@
   batch, summed over the batches and over every weight of the channel in every weight member
   (conv / linear / embedding) of the group (1-d members such as norm scales count only in
   groups without a weight);
+* ``taylor_acc``: first-order Taylor on the accumulated gradient, ``|w * sum over batches of
+  dL/dw|`` per weight, summed like ``taylor`` (Torch-Pruning's form: the gradient of the whole
+  calibration loss; close to zero, so noisy, at a trained model on its own training data);
 * ``fisher``: ``sum over steps (sum over members of w * dL/dw)^2`` (a diagonal Fisher /
   second-order estimate of the loss increase when the channel is removed);
 * ``magnitude``: L1 norm of the channel's weights over all members (needs no data).
@@ -26,7 +29,8 @@ from prunepass.analysis import Analysis
 
 log = logging.getLogger(__name__)
 
-CRITERIA = ("taylor", "fisher", "magnitude")
+CRITERIA = ("taylor", "taylor_acc", "fisher", "magnitude")
+GRADIENT_CRITERIA = ("taylor", "taylor_acc", "fisher")
 
 
 def default_sample_to_model_inputs(sample: Any) -> Any:
@@ -141,8 +145,8 @@ class Calibrator:
 
     def __init__(self, model: nn.Module, analysis: Analysis, criterion: str = "taylor",
                  groups: list[str] | None = None) -> None:
-        if criterion not in ("taylor", "fisher"):
-            raise ValueError(f"gradient criterion must be 'taylor' or 'fisher', got {criterion!r}")
+        if criterion not in GRADIENT_CRITERIA:
+            raise ValueError(f"gradient criterion must be one of {GRADIENT_CRITERIA}, got {criterion!r}")
         self.model = model
         self.analysis = analysis
         self.criterion = criterion
@@ -150,6 +154,7 @@ class Calibrator:
         self._index = _ChannelIndex(analysis, self.groups)
         self._acc = {n: np.zeros(analysis.group(n).size) for n in self.groups}
         self._step_terms: dict[str, np.ndarray] = {}
+        self._grad_sums: dict[int, tuple[torch.Tensor, torch.Tensor, list]] = {}  # taylor_acc: id -> (p, sum, entries)
         self.steps = 0
         self.scores: Scores | None = None
         self._hooks: list[Any] = []
@@ -159,7 +164,7 @@ class Calibrator:
         params = dict(self.model.named_parameters(remove_duplicate=False))
         by_param: dict[int, list[tuple[str, int, np.ndarray]]] = {}
         entries = [e for e in self._index.entries if e[1] in params]
-        if self.criterion == "taylor":
+        if self.criterion in ("taylor", "taylor_acc"):
             entries = _weight_entries(entries, params)
         for name, fqn, axis, cor in entries:
             by_param.setdefault(id(params[fqn]), []).append((name, axis, cor))
@@ -191,6 +196,12 @@ class Calibrator:
                 wg = (p.detach() * p.grad.detach()).abs()
                 for name, axis, cor in entries:
                     self._acc[name] += _reduce(wg, axis, cor, self.analysis.group(name).size)
+            elif self.criterion == "taylor_acc":
+                held = self._grad_sums.get(id(p))
+                if held is None:
+                    self._grad_sums[id(p)] = (p, p.grad.detach().clone(), entries)
+                else:
+                    held[1].add_(p.grad.detach())
             else:
                 wg = (p.detach() * p.grad.detach())
                 for name, axis, cor in entries:
@@ -215,6 +226,11 @@ class Calibrator:
         for name, t in self._step_terms.items():
             self._acc[name] += np.square(t)
         self._step_terms = {}
+        for p, gsum, entries in self._grad_sums.values():
+            wg = (p.detach() * gsum).abs()
+            for name, axis, cor in entries:
+                self._acc[name] += _reduce(wg, axis, cor, self.analysis.group(name).size)
+        self._grad_sums = {}
         for fqn, (req, grad) in self._saved.items():
             p = self._params[fqn]
             p.requires_grad_(req)

@@ -55,7 +55,7 @@ def test_calibration_leaves_model_unchanged_and_ranks_channels(digits):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     flags = [p.requires_grad for p in model.parameters()]
     model.eval()
-    for criterion in ("taylor", "fisher"):
+    for criterion in ("taylor", "taylor_acc", "fisher"):
         s = calibrate(model, a, data, ce, criterion=criterion)
         assert s.steps == len(data) and s.samples == 16 * len(data)
         assert set(s.per_group) == {g.name for g in a.prunable_groups}
@@ -75,6 +75,26 @@ def test_calibrator_context_matches_function(digits):
     ref = calibrate(model, a, data, ce)
     for k in ref.per_group:
         np.testing.assert_allclose(cal.scores[k], ref[k], rtol=1e-6)
+
+
+def test_taylor_acc_uses_the_gradient_of_the_summed_loss(digits):
+    """taylor_acc = |w * sum of batch gradients| per weight, summed over the channel's weights in
+    the group's weight members; taylor = the per-batch |w * g| summed (never smaller)."""
+    model, a, data = digits
+    acc = calibrate(model, a, data, ce, criterion="taylor_acc")
+    per_batch = calibrate(model, a, data, ce, criterion="taylor")
+    m = copy.deepcopy(model)
+    m.zero_grad()
+    for x, y in data:
+        F.cross_entropy(m(x), y).backward()
+    members = {mb.fqn: mb for mb in a.group("g0").members if mb.fqn.endswith("weight") and mb.shape and len(mb.shape) > 1}
+    expected = np.zeros(a.group("g0").size)
+    for fqn, mb in members.items():
+        p = m.get_parameter(fqn)
+        wg = (p * p.grad).abs().detach()
+        expected += wg.sum(dim=[d for d in range(wg.dim()) if d != mb.axis]).numpy()
+    np.testing.assert_allclose(acc["g0"], expected, rtol=1e-4)
+    assert (per_batch["g0"] >= acc["g0"] - 1e-9).all() and not np.allclose(per_batch["g0"], acc["g0"])
 
 
 def test_taylor_finds_dead_channels(digits):

@@ -753,8 +753,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, S
         p.error("runs must be >= 3 and rounds >= 1")
     if set(a.tp_variants) - {"local", "global"}:
         p.error("--tp-variants takes local and/or global")
-    if not a.criteria or set(a.criteria) - {"taylor", "fisher", "magnitude"}:
-        p.error("--criteria takes taylor, fisher and/or magnitude")
+    if not a.criteria or set(a.criteria) - {"taylor", "taylor_acc", "fisher", "magnitude"}:
+        p.error("--criteria takes taylor, taylor_acc, fisher and/or magnitude")
     s = Settings(seed=a.seed, runs=a.runs, rounds=a.rounds, bisect_runs=a.bisect_runs, bisect_rounds=a.bisect_rounds,
                  bisect_steps=a.bisect_steps, grid_points=a.grid_points, finalists=a.finalists, reverse=not a.no_reverse,
                  batches=tuple(int(b) for b in a.batches), ft_epochs=a.ft_epochs,
