@@ -345,3 +345,15 @@ def test_paired_latency_times_models_in_turn_and_ranks_them():
     assert big.p10 > small.p10 and big.median > small.median
     with pytest.raises(Exception, match="runs must be >= 3"):
         paired_latency(sessions, runs=2)
+
+
+def test_head_count_groups_ignore_the_channel_step():
+    """A latency target forces channel counts to multiples of 8; a head count is not a channel
+    count (each head is head-size channels), so every head count stays allowed."""
+    model, inputs = models.get("vit")
+    a = analyze(model, inputs)
+    heads = next(g for g in a.prunable_groups if "heads" in g.tags)
+    channels = next(g for g in a.prunable_groups if not g.tags and g.size >= 32)
+    c = ChannelConstraint(step=8, absolute_min=2)
+    assert allowed_widths(heads, c) == list(range(2, heads.size + 1))
+    assert all(w % 8 == 0 or w == channels.size for w in allowed_widths(channels, c))

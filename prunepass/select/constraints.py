@@ -11,18 +11,20 @@ from prunepass.ir import Group
 class ChannelConstraint:
     """Widths a group may take: at least ``max(absolute_min, relative_min * size)`` channels
     (never more than the group has), in multiples of ``step`` (the full size is always
-    allowed).  ``step=None`` picks 1 for groups of 64 channels or fewer and 4 above (8 for
-    attention head sizes is not forced: heads are pruned whole by their own group)."""
+    allowed).  ``step=None`` picks 1 for groups of 64 channels or fewer and 4 above.  Groups of
+    attention heads (tag ``heads``) always take any head count: the step is for channels."""
 
     absolute_min: int = 1
     relative_min: float = 0.0
     step: int | None = None
 
     def step_for(self, group: Group) -> int:
+        if "heads" in group.tags:
+            # a head count: every head is head-size channels wide, so any count keeps the
+            # channel widths round; the step is for channel counts
+            return 1
         if self.step is not None:
             return max(1, int(self.step))
-        if "heads" in group.tags:
-            return 1
         return 4 if group.size > 64 else 1
 
     def min_for(self, group: Group) -> int:
