@@ -357,3 +357,22 @@ def test_head_count_groups_ignore_the_channel_step():
     c = ChannelConstraint(step=8, absolute_min=2)
     assert allowed_widths(heads, c) == list(range(2, heads.size + 1))
     assert all(w % 8 == 0 or w == channels.size for w in allowed_widths(channels, c))
+
+
+def test_uniform_latency_candidate_keeps_attention_head_sizes_whole():
+    """The latency search's uniform finalist cuts heads and channels by one ratio but leaves
+    head sizes whole (a uniform head-size cut blurs every attention map)."""
+    from prunepass.select.strategies import _uniform_at, ranking_scores
+
+    model, inputs = models.get("vit")
+    a = analyze(model, inputs)
+    s = magnitude_scores(model, a)
+    ev = Evaluator(a, CostModel(a), _StubLatency(a))
+    plan, latency, _ = _uniform_at(a, ev, ranking_scores(s), ChannelConstraint(step=8), 0.5, [])
+    widths = plan.widths(a)
+    head_dims = [g for g in a.prunable_groups if "head_dim" in g.tags]
+    heads = [g for g in a.prunable_groups if "heads" in g.tags]
+    assert head_dims and heads
+    assert all(widths[g.name] == g.size for g in head_dims)
+    assert all(widths[g.name] < g.size for g in heads)
+    assert latency < ev.base("latency")
