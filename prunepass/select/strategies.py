@@ -277,9 +277,10 @@ def _fill_latency(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.n
     """Spend latency left under the goal: the MILP works on a FLOPs proxy and can land well
     below a latency goal (discrete widths, per-operator overhead the proxy does not see).
     Greedily widen a group by a step (at least 1/``FILL_STEPS`` of its size, one allowed width
-    once that step has not fit), keeping a step only when its re-timed latency still fits: the group with the best kept-importance gain per predicted latency, or,
-    with a calibration loss (``evaluator.loss``), the best loss decrease per predicted latency
-    among the ``loss_candidates`` best of those."""
+    once that step has not fit), keeping a step only when its re-timed latency still fits: the
+    group with the best kept-importance gain per predicted latency, or, with a calibration loss
+    (``evaluator.loss``), the best loss decrease per predicted latency among the
+    ``loss_candidates`` best of those."""
     plan, achieved, value = chosen
     widths = {k: v for k, v in plan.widths(analysis).items() if k in options}
     cost = evaluator.cost
