@@ -301,9 +301,7 @@ def compare(case: Case, s: Settings) -> Config:
     for row in rows[1:]:
         if row.method in built:
             model = built[row.method]
-            row.params, row.flops = count_params(model), count_flops(model, case.flops_args, {})
-            row.notes.insert(0, widths_note(model))
-            row.quality = case.quality(model)
+            describe(row, model, case)
     measure_rows(rows, built, case.args, s)
     if s.reverse and info["latency_goal"] is not None:
         # Torch-Pruning's best model may be much faster than ours (its latencies jump with the
@@ -323,10 +321,7 @@ def compare(case: Case, s: Settings) -> Config:
                                built, info, s)
                 row.goal = row_goal
                 if row.method in built:
-                    row.params, row.flops = count_params(built[row.method]), count_flops(built[row.method],
-                                                                                         case.flops_args, {})
-                    row.notes.insert(0, widths_note(built[row.method]))
-                    row.quality = case.quality(built[row.method])
+                    describe(row, built[row.method], case)
                 extra.append(row)
         if extra:
             rows[1 + len(s.criteria):1 + len(s.criteria)] = extra
@@ -336,6 +331,13 @@ def compare(case: Case, s: Settings) -> Config:
         if ours is not None and row.latency_ms:
             row.lat_vs_ours = row.latency_ms / ours.latency_ms
     return Config(case.part, case.name, rows, info)
+
+
+def describe(row: Row, model: nn.Module, case: Case) -> None:
+    """Size, widths and quality of a row's model."""
+    row.params, row.flops = count_params(model), count_flops(model, case.flops_args, {})
+    row.notes.insert(0, widths_note(model))
+    row.quality = case.quality(model)
 
 
 def run_ours(case: Case, target: str, name: str, criterion: str, built: dict[str, nn.Module], info: dict[str, Any],

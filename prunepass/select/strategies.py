@@ -415,6 +415,7 @@ def _pick_latency_candidate(analysis: Analysis, evaluator: Evaluator, rank: dict
     # a latency target is a promise both ways: prefer finalists within 7 % under the goal (with a
     # calibration loss: unless that costs more than LOSS_SLACK of the best finalist's loss)
     in_band = [c for c in pool if goal * (1 - LATENCY_BAND) <= c[1] <= goal]
+    in_band_ids = {id(c) for c in in_band}
     if evaluator.has_loss:
         losses = [evaluator.loss(c[0]) for c in pool]
         for c, loss in zip(pool, losses, strict=True):
@@ -422,7 +423,7 @@ def _pick_latency_candidate(analysis: Analysis, evaluator: Evaluator, rank: dict
                       list(c[0].widths(analysis).values()), c[1], c[2], loss)
         best, best_loss = pool[int(np.argmin(losses))], min(losses)
         band = [(loss, i) for i, (c, loss) in enumerate(zip(pool, losses, strict=True))
-                if any(c is b for b in in_band) and loss <= best_loss + LOSS_SLACK * abs(best_loss)]
+                if id(c) in in_band_ids and loss <= best_loss + LOSS_SLACK * abs(best_loss)]
         if band:
             best = pool[min(band)[1]]
             best_loss = min(band)[0]

@@ -88,6 +88,7 @@ class LatencyOracle:
         self._template: Any = None
         self._fast = use_fast_path
         self.cache: dict[tuple, float] = {}
+        self._reference: float | None = None  # the unpruned model's latency (fast path)
         self.evaluations = 0
         self.mode = "fast" if use_fast_path else "export"
 
@@ -106,9 +107,8 @@ class LatencyOracle:
         ``REMEASURE_SECONDS`` of the unpruned model's time (a candidate is timed in turn with
         the unpruned model, so a slow model would otherwise take ~10 s a candidate)."""
         runs = max(200, 4 * self.runs)
-        reference_ms = getattr(self, "_reference", None)
-        if reference_ms:
-            runs = min(runs, int(REMEASURE_SECONDS * 1000.0 / reference_ms))
+        if self._reference:
+            runs = min(runs, int(REMEASURE_SECONDS * 1000.0 / self._reference))
         return max(self.runs, runs)
 
     def measure(self, plan: Plan, runs: int | None = None) -> float:
