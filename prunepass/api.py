@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 STRATEGIES = ("auto", "uniform", "global", "target", "knapsack", "optimal")
 LATENCY_STEP = 8
 PLAN_LOSS_BATCHES = 4  # calibration batches a search may use to compare its finalists by loss
-FINAL_ROUNDS = 5  # interleaved rounds (100 runs each) of the final original-vs-pruned timing
+FINAL_ROUNDS = 5  # interleaved rounds of the final original-vs-pruned timing
+FINAL_ROUND_SECONDS = 0.5  # each at least 100 runs and about this long
 
 
 @dataclass
@@ -175,7 +176,7 @@ def build_report(a: Analysis, plan: Plan, cost: CostModel, target: Target, searc
 
 def _emit_and_measure(result: PruneResult, original: nn.Module, out_dir: str | Path | None, threads: int,
                       measure: bool) -> None:
-    from prunepass.onnx_backend import example_feeds, export_onnx, make_session, paired_latency
+    from prunepass.onnx_backend import example_feeds, export_onnx, make_session, paired_rounds
 
     a = result.analysis
     args, kwargs = a.captured.args, a.captured.kwargs
@@ -192,8 +193,9 @@ def _emit_and_measure(result: PruneResult, original: nn.Module, out_dir: str | P
         sess = make_session(p, threads)
         sessions.append((sess, example_feeds(sess, args, kwargs)))
     rounds: dict[str, list[Any]] = {"original": [], "pruned": []}
-    for _ in range(FINAL_ROUNDS):  # original and pruned run by run in turn: both share the machine's load
-        o, p = paired_latency(sessions, runs=100, warmup=10, threads=threads)
+    # original and pruned run by run in turn: both share the machine's load
+    for o, p in paired_rounds(sessions, rounds=FINAL_ROUNDS, runs=100, min_seconds=FINAL_ROUND_SECONDS,
+                              threads=threads):
         rounds["original"].append(o)
         rounds["pruned"].append(p)
     lat: dict[str, Any] = {k: {"median_ms": statistics.median(s.median for s in v), "p10_ms": min(s.p10 for s in v)}

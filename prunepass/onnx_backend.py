@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import statistics
 import time
 import warnings
@@ -227,6 +228,27 @@ def paired_latency(sessions: list[tuple[Any, dict[str, np.ndarray]]], *, runs: i
     except Exception as exc:  # noqa: BLE001
         raise LatencyMeasurementError(f"onnxruntime could not run the model: {type(exc).__name__}: {exc}") from exc
     return [_stats(t, warmup, threads, provider) for t in times]
+
+
+def paired_rounds(sessions: list[tuple[Any, dict[str, np.ndarray]]], *, rounds: int = 5, runs: int = 100,
+                  min_seconds: float = 0.0, max_runs: int = 2000, warmup: int = 10, threads: int = 1,
+                  provider: str = "CPUExecutionProvider") -> list[list[LatencyStats]]:
+    """``rounds`` rounds of :func:`paired_latency`, each at least ``runs`` runs and long enough to
+    last about ``min_seconds`` (estimated from one timed pass over the sessions; at most
+    ``max_runs``): a model of a few tenths of a millisecond needs thousands of runs before its
+    median stops moving with the machine's load.  Returns one list of stats per round."""
+    try:
+        for sess, feeds in sessions:  # first run: allocation, not timed
+            sess.run(None, feeds)
+        t = time.perf_counter()
+        for sess, feeds in sessions:
+            sess.run(None, feeds)
+        per_pass = time.perf_counter() - t
+    except Exception as exc:  # noqa: BLE001
+        raise LatencyMeasurementError(f"onnxruntime could not run the model: {type(exc).__name__}: {exc}") from exc
+    n = max(runs, min(max_runs, math.ceil(min_seconds / max(per_pass, 1e-6))))
+    return [paired_latency(sessions, runs=n, warmup=warmup if r == 0 else 2, threads=threads, provider=provider)
+            for r in range(rounds)]
 
 
 def model_bytes(proto: Any) -> bytes:

@@ -246,6 +246,46 @@ def test_latency_target_with_deterministic_oracle(resnet, strategy):
     assert all(w % 8 == 0 or w == g.size for g in a.prunable_groups for w in [plan.widths(a)[g.name]])
 
 
+class _BiasedStub(_StubLatency):
+    """A stub whose deployed model runs ``bias`` times the search's timing (the fast path's
+    template is not the shipped export)."""
+
+    def __init__(self, a, bias: float) -> None:
+        super().__init__(a)
+        self.bias = bias
+        self.deployed_calls = 0
+
+    def deployed_ratio(self, plan):
+        self.deployed_calls += 1
+        return self.bias * self(plan) / self(Plan.from_keep(self.analysis, {}))
+
+
+@pytest.mark.parametrize("bias", [0.88, 1.1])
+def test_latency_answer_settles_on_the_deployed_timing(resnet, bias):
+    """The knapsack's answer is re-timed as deployed; when that lands off the goal (fast-path
+    bias either way) it is widened or narrowed until the deployed timing is near the goal, and
+    the report's achieved value is the deployed timing (a latency target is a band: at most
+    SETTLE_BAND over)."""
+    from prunepass.select.strategies import SETTLE_BAND
+
+    model, a, s = resnet
+    target = Target.parse("latency=70%")
+    plain_plan, _ = knapsack_plan(a, s, target, Evaluator(a, CostModel(a), _StubLatency(a)),
+                                  ChannelConstraint(step=8))
+    stub = _BiasedStub(a, bias)
+    plan, rep = knapsack_plan(a, s, target, Evaluator(a, CostModel(a), stub), ChannelConstraint(step=8))
+    deployed = stub.deployed_ratio(plan) * rep.base
+    unsettled = stub.deployed_ratio(plain_plan) * rep.base
+    assert stub.deployed_calls >= 3  # the answer, a moved answer, and the two checks above
+    # without settling, the biased runtime would land far off the goal
+    assert abs(unsettled / rep.goal - 1) > 0.08
+    assert rep.achieved == pytest.approx(deployed)
+    assert rep.goal * (1 - 2 * SETTLE_BAND) <= deployed <= rep.goal * (1 + SETTLE_BAND)
+    assert any(h.get("deployed") for h in rep.history)
+    assert abs(deployed / rep.goal - 1) < abs(unsettled / rep.goal - 1)
+    assert plan.widths(a) != plain_plan.widths(a)
+
+
 def test_fill_spends_latency_left_under_the_goal(resnet):
     """The MILP's FLOPs proxy can land far under a latency goal; the fill step widens groups
     (most kept importance per latency first) while the measured latency still fits."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,8 @@ log = logging.getLogger(__name__)
 
 METRICS = ("latency", "flops", "params", "ratio")
 REMEASURE_SECONDS = 1.5  # a confirmation timing of a candidate is capped near this many seconds
+DEPLOYED_ROUNDS = 5  # rounds of a deployed-model timing (prune()'s final check uses as many)
+DEPLOYED_ROUND_SECONDS = 0.3  # each round of it lasts about this long (small models: many runs)
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,7 @@ class LatencyOracle:
         self._fast = use_fast_path
         self.cache: dict[tuple, float] = {}
         self._reference: float | None = None  # the unpruned model's latency (fast path)
+        self._deployed_ref: tuple | None = None  # (session, feeds) of the unpruned model's full export
         self.evaluations = 0
         self.mode = "fast" if use_fast_path else "export"
 
@@ -135,6 +139,35 @@ class LatencyOracle:
                 self._fast = False
                 self.mode = "export"
         return getattr(measure_plan_full(self.analysis, plan, **kwargs), self.statistic)
+
+
+    def deployed_ratio(self, plan: Plan, rounds: int = DEPLOYED_ROUNDS) -> float:
+        """``plan``'s latency as a fraction of the original's, as ``prune()`` ships and checks it:
+        the full export (optimised and cleaned, unlike the fast path's template), timed run by
+        run in turn with the full export of the unpruned model; the median of ``rounds``
+        per-round ratios of medians.  The fast path ranks candidates well but its unpruned
+        template runs a few percent faster than the shipped export, so its ratios sit a little
+        high; a search confirms its answer with this."""
+        from prunepass.onnx_backend import paired_rounds
+
+        self.evaluations += 1
+        if self._deployed_ref is None:
+            self._deployed_ref = _deployed_session(self.analysis, _empty(self.analysis), self.threads)
+        cand = _deployed_session(self.analysis, plan, self.threads)
+        timed = paired_rounds([cand, self._deployed_ref], rounds=rounds, runs=max(20, 2 * self.long_runs() // rounds),
+                              min_seconds=DEPLOYED_ROUND_SECONDS, warmup=5, threads=self.threads)
+        return statistics.median(c.median / r.median for c, r in timed)
+
+
+def _deployed_session(analysis: Analysis, plan: Plan, threads: int) -> tuple:
+    """(session, example feeds) of the pruned program's full ONNX export."""
+    from prunepass.onnx_backend import example_feeds, export_onnx, make_session
+    from prunepass.rewrite import prune_program
+
+    args, kwargs = analysis.captured.args, analysis.captured.kwargs
+    proto = export_onnx(prune_program(analysis, plan, export=False), args, kwargs, verify=False)
+    sess = make_session(proto, threads)
+    return sess, example_feeds(sess, args, kwargs)
 
 
 def measure_plan_full(analysis: Analysis, plan: Plan, threads: int = 1, runs: int = 40, warmup: int = 5) -> Any:
@@ -197,6 +230,22 @@ class Evaluator:
         oracle = self.latency
         long_runs = getattr(oracle, "long_runs", None)  # duck-typed oracles may not have it
         return oracle.measure(plan, runs=long_runs() if long_runs else max(200, oracle.runs * 4))
+
+    def deployed(self, plan: Plan) -> float | None:
+        """``plan``'s latency as shipped (full export, timed in turn with the original's full
+        export: ``LatencyOracle.deployed_ratio``) on the scale of ``base("latency")``; None when
+        the oracle cannot tell (a stand-in without ``deployed_ratio``) or the export fails."""
+        from prunepass.onnx_backend import OnnxExportError
+
+        ratio_of = getattr(self.latency, "deployed_ratio", None)
+        if ratio_of is None:
+            return None
+        try:
+            ratio = float(ratio_of(plan))
+        except (OnnxExportError, LatencyMeasurementError, RuntimeError) as exc:
+            log.warning("could not time the answer as deployed (%s); keeping the search's timing", str(exc)[:200])
+            return None
+        return ratio * self.base("latency")
 
     def value(self, metric: str, plan: Plan) -> float:
         w = plan.widths(self.analysis)
