@@ -255,9 +255,9 @@ class _BiasedStub(_StubLatency):
         self.bias = bias
         self.deployed_calls = 0
 
-    def deployed_ratio(self, plan):
+    def deployed_ratios(self, plans):
         self.deployed_calls += 1
-        return self.bias * self(plan) / self(Plan.from_keep(self.analysis, {}))
+        return [self.bias * self(plan) / self(Plan.from_keep(self.analysis, {})) for plan in plans]
 
 
 @pytest.mark.parametrize("bias", [0.88, 1.1])
@@ -274,9 +274,9 @@ def test_latency_answer_settles_on_the_deployed_timing(resnet, bias):
                                   ChannelConstraint(step=8))
     stub = _BiasedStub(a, bias)
     plan, rep = knapsack_plan(a, s, target, Evaluator(a, CostModel(a), stub), ChannelConstraint(step=8))
-    deployed = stub.deployed_ratio(plan) * rep.base
-    unsettled = stub.deployed_ratio(plain_plan) * rep.base
-    assert stub.deployed_calls >= 3  # the answer, a moved answer, and the two checks above
+    calls = stub.deployed_calls
+    deployed, unsettled = (r * rep.base for r in stub.deployed_ratios([plan, plain_plan]))
+    assert calls >= 2  # the answer, then the answer and a moved one together
     # without settling, the biased runtime would land far off the goal
     assert abs(unsettled / rep.goal - 1) > 0.08
     assert rep.achieved == pytest.approx(deployed)
@@ -385,6 +385,47 @@ def test_paired_latency_times_models_in_turn_and_ranks_them():
     assert big.p10 > small.p10 and big.median > small.median
     with pytest.raises(Exception, match="runs must be >= 3"):
         paired_latency(sessions, runs=2)
+
+
+def test_paired_rounds_last_long_enough_for_small_models():
+    """A model of microseconds gets many runs per round (about min_seconds), capped by
+    max_runs, and never fewer than runs."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from prunepass.onnx_backend import make_session, paired_rounds
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])])
+    model: onnx.ModelProto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    sess = make_session(model, 1)
+    pair = [(sess, {"x": np.ones(4, dtype=np.float32)})] * 2
+    rounds = paired_rounds(pair, rounds=3, runs=10, min_seconds=0.05, max_runs=300)
+    assert len(rounds) == 3 and all(len(r) == 2 for r in rounds)
+    assert all(st.runs == 300 for r in rounds for st in r)  # a Relu of 4 floats: 0.05 s is >> 300 runs
+    short = paired_rounds(pair, rounds=1, runs=10, min_seconds=0.0)
+    assert short[0][0].runs == 10
+
+
+def test_deployed_ratios_time_full_exports_against_the_original(digits):
+    """The answer's check as shipped: full exports of the plans, timed together in turn with the
+    original's; the unpruned plan measures ~1, a heavily pruned one less, sessions are reused."""
+    from prunepass.select.targets import LatencyOracle
+
+    model, a, s = digits
+    oracle = LatencyOracle(a, runs=20, warmup=2)
+    heavy = uniform_plan(a, 0.9, constraint=ChannelConstraint(step=8))
+    same, small = oracle.deployed_ratios([Plan.from_keep(a, {}), heavy], rounds=3)
+    assert 0.75 < same < 1.33
+    assert small < same
+    assert len(oracle._deployed) == 2 and oracle._deployed_ref is not None
+    sessions = dict(oracle._deployed)
+    oracle.deployed_ratios([heavy], rounds=1)
+    assert oracle._deployed == sessions  # no re-export for a plan timed before
+    ev = Evaluator(a, CostModel(a), oracle)
+    (value,) = ev.deployed([heavy])  # on the search's scale: a fraction of base("latency")
+    assert 0 < value / ev.base("latency") < 0.9 * same
 
 
 def test_head_count_groups_ignore_the_channel_step():

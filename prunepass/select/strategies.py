@@ -351,16 +351,18 @@ def _settle_deployed(analysis: Analysis, evaluator: Evaluator, rank: dict[str, n
     narrow it against a goal rescaled by the measured bias (deployed / search timing of this very
     plan: the bias depends on the plan, so it is measured here, not on an early candidate).
 
-    The moved plan replaces the answer when, timed as deployed, it is closer to the goal and at
-    most ``SETTLE_BAND`` over it.  A latency target is a band, not a ceiling: on a shared CPU a
-    small model's latency ratio flips between modes a few percent apart from minute to minute,
-    so an answer aimed just under the goal can be measured well under it later.  Returns the
-    answer with its deployed latency, or ``chosen`` unchanged when the evaluator cannot time
+    The answer and the moved plan are then timed together as deployed (so the machine's state
+    cannot favour one of them), and the one closer to the goal is kept, provided it is at most
+    ``SETTLE_BAND`` over.  A latency target is a band, not a ceiling: on a shared CPU a small
+    model's latency ratio moves between states a few percent apart from minute to minute, so an
+    answer aimed just under the goal can be measured well under it later.  Returns the answer
+    with its deployed latency, or ``chosen`` unchanged when the evaluator cannot time
     deployments."""
     plan, fast, value = chosen
-    deployed = evaluator.deployed(plan)
-    if deployed is None:
+    timed = evaluator.deployed([plan])
+    if timed is None:
         return chosen
+    deployed = timed[0]
     history.append({"value": deployed, "score": value, "deployed": 1.0})
     for _ in range(SETTLE_TRIES):
         if abs(deployed / goal - 1) <= SETTLE_BAND:
@@ -379,9 +381,11 @@ def _settle_deployed(analysis: Analysis, evaluator: Evaluator, rank: dict[str, n
             moved = _trim_latency(analysis, evaluator, rank, options, start, scaled, points, history)
         if moved[0].widths(analysis) == plan.widths(analysis):
             break
-        moved_deployed = evaluator.deployed(moved[0])
-        if moved_deployed is None:
+        timed = evaluator.deployed([plan, moved[0]])
+        if timed is None:
             break
+        deployed, moved_deployed = timed
+        history.append({"value": deployed, "score": value, "deployed": 1.0})
         history.append({"value": moved_deployed, "score": moved[2], "deployed": 1.0})
         if moved_deployed > goal * (1 + SETTLE_BAND) or abs(moved_deployed / goal - 1) >= abs(deployed / goal - 1):
             break

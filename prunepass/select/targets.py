@@ -93,6 +93,7 @@ class LatencyOracle:
         self.cache: dict[tuple, float] = {}
         self._reference: float | None = None  # the unpruned model's latency (fast path)
         self._deployed_ref: tuple | None = None  # (session, feeds) of the unpruned model's full export
+        self._deployed: dict[tuple, tuple] = {}  # the same for plans, by widths
         self.evaluations = 0
         self.mode = "fast" if use_fast_path else "export"
 
@@ -141,22 +142,27 @@ class LatencyOracle:
         return getattr(measure_plan_full(self.analysis, plan, **kwargs), self.statistic)
 
 
-    def deployed_ratio(self, plan: Plan, rounds: int = DEPLOYED_ROUNDS) -> float:
-        """``plan``'s latency as a fraction of the original's, as ``prune()`` ships and checks it:
-        the full export (optimised and cleaned, unlike the fast path's template), timed run by
-        run in turn with the full export of the unpruned model; the median of ``rounds``
-        per-round ratios of medians.  The fast path ranks candidates well but its unpruned
-        template runs a few percent faster than the shipped export, so its ratios sit a little
-        high; a search confirms its answer with this."""
+    def deployed_ratios(self, plans: list[Plan], rounds: int = DEPLOYED_ROUNDS) -> list[float]:
+        """The plans' latencies as fractions of the original's, as ``prune()`` ships and checks
+        them: full exports (optimised and cleaned, unlike the fast path's template), all timed
+        run by run in turn with the full export of the unpruned model; per plan the median of
+        ``rounds`` per-round ratios of medians.  Timing several plans together makes their
+        comparison immune to the machine's state, which moves a small model's ratio by several
+        percent from minute to minute.  The fast path ranks candidates well but its unpruned
+        template runs a few percent faster than the shipped export, so a search confirms its
+        answer with this."""
         from prunepass.onnx_backend import paired_rounds
 
-        self.evaluations += 1
+        self.evaluations += len(plans)
         if self._deployed_ref is None:
             self._deployed_ref = _deployed_session(self.analysis, _empty(self.analysis), self.threads)
-        cand = _deployed_session(self.analysis, plan, self.threads)
-        timed = paired_rounds([cand, self._deployed_ref], rounds=rounds, runs=max(20, 2 * self.long_runs() // rounds),
-                              min_seconds=DEPLOYED_ROUND_SECONDS, warmup=5, threads=self.threads)
-        return statistics.median(c.median / r.median for c, r in timed)
+        for plan in plans:
+            if self._key(plan) not in self._deployed:
+                self._deployed[self._key(plan)] = _deployed_session(self.analysis, plan, self.threads)
+        sessions = [self._deployed_ref] + [self._deployed[self._key(p)] for p in plans]
+        timed = paired_rounds(sessions, rounds=rounds, runs=max(20, 2 * self.long_runs() // rounds),
+                              min_seconds=DEPLOYED_ROUND_SECONDS * len(sessions) / 2, warmup=5, threads=self.threads)
+        return [statistics.median(r[i].median / r[0].median for r in timed) for i in range(1, len(sessions))]
 
 
 def _deployed_session(analysis: Analysis, plan: Plan, threads: int) -> tuple:
@@ -231,21 +237,21 @@ class Evaluator:
         long_runs = getattr(oracle, "long_runs", None)  # duck-typed oracles may not have it
         return oracle.measure(plan, runs=long_runs() if long_runs else max(200, oracle.runs * 4))
 
-    def deployed(self, plan: Plan) -> float | None:
-        """``plan``'s latency as shipped (full export, timed in turn with the original's full
-        export: ``LatencyOracle.deployed_ratio``) on the scale of ``base("latency")``; None when
-        the oracle cannot tell (a stand-in without ``deployed_ratio``) or the export fails."""
+    def deployed(self, plans: list[Plan]) -> list[float] | None:
+        """The plans' latencies as shipped (full exports, timed in turn with the original's:
+        ``LatencyOracle.deployed_ratios``) on the scale of ``base("latency")``; None when the
+        oracle cannot tell (a stand-in without ``deployed_ratios``) or an export fails."""
         from prunepass.onnx_backend import OnnxExportError
 
-        ratio_of = getattr(self.latency, "deployed_ratio", None)
-        if ratio_of is None:
+        ratios_of = getattr(self.latency, "deployed_ratios", None)
+        if ratios_of is None:
             return None
         try:
-            ratio = float(ratio_of(plan))
+            ratios = [float(r) for r in ratios_of(plans)]
         except (OnnxExportError, LatencyMeasurementError, RuntimeError) as exc:
             log.warning("could not time the answer as deployed (%s); keeping the search's timing", str(exc)[:200])
             return None
-        return ratio * self.base("latency")
+        return [r * self.base("latency") for r in ratios]
 
     def value(self, metric: str, plan: Plan) -> float:
         w = plan.widths(self.analysis)
