@@ -33,7 +33,11 @@ from torch.nn import functional as nnf
 
 import models
 from prunepass.api import prune
-from tools.bench_quality import Settings, accuracy, digits_quality, load_digits_data, quiet, tp_digits, train
+
+try:
+    from tools.bench_quality import Settings, accuracy, digits_quality, load_digits_data, quiet, tp_digits, train
+except ImportError:  # run as a script: tools/ is on the path, the repository root is not
+    from bench_quality import Settings, accuracy, digits_quality, load_digits_data, quiet, tp_digits, train  # type: ignore[no-redef]
 
 
 def run_seed(seed: int, criteria: list[str], targets: list[str], s: Settings) -> dict[tuple[str, str], dict]:
