@@ -422,7 +422,7 @@ def _step_latency(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.n
         moved: set[str] = set()
         while (predicted < low) if widen else (predicted > low):
             flops_now = float(cost.flops(trial))
-            moves = []
+            moves, over = [], []
             for name, opts in options.items():
                 w, step = trial[name], max(1, round(opts[-1] / FILL_STEPS))
                 if name in moved or w == (opts[-1] if widen else opts[0]):
@@ -432,11 +432,18 @@ def _step_latency(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.n
                 else:
                     to = max((o for o in opts if o <= w - step), default=opts[0])
                 dflops = abs(float(cost.flops({**trial, name: to})) - flops_now)
-                if dflops <= 0 or (widen and predicted + slope * dflops > high):
+                if dflops <= 0:
                     continue
                 change = abs(kept_value(rank[name], to) - kept_value(rank[name], w))
+                if widen and predicted + slope * dflops > high:
+                    over.append((dflops, name, to, dflops, change))
+                    continue
                 # widening: most importance per FLOP first; narrowing: least
                 moves.append(((-change if widen else change) / dflops, name, to, dflops, change))
+            if not moves and over and trial == widths:
+                # every step overshoots (a small network's steps are coarse): try the smallest
+                # one; the caller compares both plans timed as deployed and keeps the closer
+                moves = [min(over)]
             if not moves:
                 break
             _, name, to, dflops, change = min(moves)

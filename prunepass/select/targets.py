@@ -141,7 +141,6 @@ class LatencyOracle:
                 self.mode = "export"
         return getattr(measure_plan_full(self.analysis, plan, **kwargs), self.statistic)
 
-
     def deployed_ratios(self, plans: list[Plan], rounds: int = DEPLOYED_ROUNDS) -> list[float]:
         """The plans' latencies as fractions of the original's, as ``prune()`` ships and checks
         them: full exports (optimised and cleaned, unlike the fast path's template), all timed
