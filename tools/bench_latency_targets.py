@@ -30,6 +30,7 @@ def run_one(name: str, percent: float, threads: int, strategy: str) -> dict:
     search = r.search
     return {"model": name, "target": percent / 100, "achieved": ratio, "search_estimate_ms": lat.get("predicted_ms"),
             "search_ratio": search.achieved / search.base if search else float("nan"),
+            "met": r.report["met"],
             "original_ms": lat["original"]["median_ms"], "pruned_ms": lat["pruned"]["median_ms"],
             "error": ratio / (percent / 100) - 1, "never_slower": ratio <= 1.0,
             "flops_ratio": r.report["flops"]["pruned"] / r.report["flops"]["original"]}
@@ -49,7 +50,7 @@ def main() -> None:
     rows = []
     print(f"cpus={os.cpu_count()} torch={torch.__version__} target={args.target}% threads={args.threads}")
     print(f"{'model':14s} {'orig ms':>8s} {'pruned ms':>9s} {'ratio':>6s} {'target':>6s} {'error':>7s} "
-          f"{'within 7%':>9s} {'not slower':>10s} {'FLOPs ratio':>11s} {'search said':>11s}")
+          f"{'within 7%':>9s} {'not slower':>10s} {'FLOPs ratio':>11s} {'search said':>11s} {'met':>5s}")
     for name in args.models.split(","):
         try:
             row = run_one(name, args.target, args.threads, args.strategy)
@@ -59,7 +60,7 @@ def main() -> None:
         rows.append(row)
         print(f"{name:14s} {row['original_ms']:8.3f} {row['pruned_ms']:9.3f} {row['achieved']:6.3f} "
               f"{row['target']:6.2f} {100 * row['error']:+6.1f}% {str(abs(row['error']) <= 0.07):>9s} "
-              f"{str(row['never_slower']):>10s} {row['flops_ratio']:11.3f} {row['search_ratio']:11.3f}")
+              f"{str(row['never_slower']):>10s} {row['flops_ratio']:11.3f} {row['search_ratio']:11.3f} {str(row['met']):>5s}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
