@@ -164,25 +164,28 @@ class LatencyOracle:
         return [statistics.median(r[i].median / r[0].median for r in timed) for i in range(1, len(sessions))]
 
 
-def _deployed_session(analysis: Analysis, plan: Plan, threads: int) -> tuple:
-    """(session, example feeds) of the pruned program's full ONNX export."""
-    from prunepass.onnx_backend import example_feeds, export_onnx, make_session
+def _full_export(analysis: Analysis, plan: Plan) -> Any:
+    """The pruned program's full ONNX export (optimised and cleaned, as ``prune()`` ships it)."""
+    from prunepass.onnx_backend import export_onnx
     from prunepass.rewrite import prune_program
 
-    args, kwargs = analysis.captured.args, analysis.captured.kwargs
-    proto = export_onnx(prune_program(analysis, plan, export=False), args, kwargs, verify=False)
-    sess = make_session(proto, threads)
-    return sess, example_feeds(sess, args, kwargs)
+    program = prune_program(analysis, plan, export=False)
+    return export_onnx(program, analysis.captured.args, analysis.captured.kwargs, verify=False)
+
+
+def _deployed_session(analysis: Analysis, plan: Plan, threads: int) -> tuple:
+    """(session, example feeds) of the pruned program's full ONNX export."""
+    from prunepass.onnx_backend import example_feeds, make_session
+
+    sess = make_session(_full_export(analysis, plan), threads)
+    return sess, example_feeds(sess, analysis.captured.args, analysis.captured.kwargs)
 
 
 def measure_plan_full(analysis: Analysis, plan: Plan, threads: int = 1, runs: int = 40, warmup: int = 5) -> Any:
     """Prune the program, export it to ONNX and time it (the slow, always-available path)."""
-    from prunepass.onnx_backend import export_onnx, measure_latency
-    from prunepass.rewrite import prune_program
+    from prunepass.onnx_backend import measure_latency
 
-    program = prune_program(analysis, plan, export=False)
-    proto = export_onnx(program, analysis.captured.args, analysis.captured.kwargs, verify=False)
-    return measure_latency(proto, threads=threads, runs=runs, warmup=warmup)
+    return measure_latency(_full_export(analysis, plan), threads=threads, runs=runs, warmup=warmup)
 
 
 class Evaluator:
