@@ -76,7 +76,7 @@ from torch.nn import functional as nnf
 import models
 from prunepass.api import PruneResult, prune
 from prunepass.costs import count_flops, count_params
-from prunepass.importance import finetune_bn
+from prunepass.importance import CRITERIA, finetune_bn
 from prunepass.onnx_backend import example_feeds, export_onnx, paired_latency
 
 NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "torch.fx", "torch._dynamo", "onnxscript",
@@ -755,8 +755,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, S
         p.error("runs must be >= 3 and rounds >= 1")
     if set(a.tp_variants) - {"local", "global"}:
         p.error("--tp-variants takes local and/or global")
-    if not a.criteria or set(a.criteria) - {"taylor", "taylor_acc", "fisher", "magnitude"}:
-        p.error("--criteria takes taylor, taylor_acc, fisher and/or magnitude")
+    if not a.criteria or set(a.criteria) - set(CRITERIA):
+        p.error(f"--criteria takes any of {', '.join(CRITERIA)}")
     s = Settings(seed=a.seed, runs=a.runs, rounds=a.rounds, bisect_runs=a.bisect_runs, bisect_rounds=a.bisect_rounds,
                  bisect_steps=a.bisect_steps, grid_points=a.grid_points, finalists=a.finalists, reverse=not a.no_reverse,
                  batches=tuple(int(b) for b in a.batches), ft_epochs=a.ft_epochs,
