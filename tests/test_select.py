@@ -286,6 +286,44 @@ def test_latency_answer_settles_on_the_deployed_timing(resnet, bias):
     assert plan.widths(a) != plain_plan.widths(a)
 
 
+class _CoarseStub(_BiasedStub):
+    """Latency of the digits CNN where only the first two groups count, in steps so coarse that
+    no single step from (8, 16) lands near 0.78: g0 16 -> +0.25, g1 +-8 -> +-0.075."""
+
+    def __call__(self, plan):
+        w = plan.widths(self.analysis)
+        return 0.2 + 0.5 * w["g0"] / 16 + 0.3 * w["g1"] / 32
+
+
+def test_settle_reaches_the_band_between_coarse_steps(digits):
+    """When every single step of a small network jumps over the band, the settle step tries
+    plans two steps away (one group up, another down) and keeps one measured in the band."""
+    from prunepass.select.strategies import SETTLE_BAND, _settle_neighbours, kept_value, plan_from_widths
+
+    model, a, _ = digits
+    stub = _CoarseStub(a, 1.0)
+    ev = Evaluator(a, CostModel(a), stub)
+    rank = {g.name: np.linspace(1.0, 0.1, g.size) for g in a.prunable_groups}
+    options = {g.name: allowed_widths(g, ChannelConstraint(step=8)) for g in a.prunable_groups}
+    widths = {"g0": 8, "g1": 16, "g2": 32, "g3": 32}
+    plan = plan_from_widths(a, widths, rank)
+    value = sum(kept_value(rank[k], w) for k, w in widths.items())
+    goal, history = 0.78, []
+    start = stub(plan)
+    assert abs(start / goal - 1) > 0.2
+    for name in ("g0", "g1"):  # no single step of the groups that matter reaches the band
+        for w in options[name]:
+            assert abs(stub(plan_from_widths(a, {**widths, name: w}, rank)) / goal - 1) > SETTLE_BAND
+    new_plan, deployed, new_value = _settle_neighbours(a, ev, rank, options, (plan, start, value), start, goal,
+                                                       history)
+    got = new_plan.widths(a)
+    assert deployed == pytest.approx(stub(new_plan))
+    assert abs(deployed / goal - 1) <= SETTLE_BAND
+    assert (got["g0"], got["g1"]) == (16, 8)  # g0 up and g1 down
+    assert new_value == pytest.approx(sum(kept_value(rank[k], w) for k, w in got.items() if k in widths))
+    assert any(h.get("deployed") for h in history)
+
+
 def test_fill_spends_latency_left_under_the_goal(resnet):
     """The MILP's FLOPs proxy can land far under a latency goal; the fill step widens groups
     (most kept importance per latency first) while the measured latency still fits."""
@@ -423,6 +461,8 @@ def test_deployed_ratios_time_full_exports_against_the_original(digits):
     sessions = dict(oracle._deployed)
     oracle.deployed_ratios([heavy], rounds=1)
     assert oracle._deployed == sessions  # no re-export for a plan timed before
+    # a plan timed again is judged on all its rounds (one batch is one draw of the machine's state)
+    assert len(oracle.deployed_rounds[oracle._key(heavy)]) == 4
     ev = Evaluator(a, CostModel(a), oracle)
     (value,) = ev.deployed([heavy])  # on the search's scale: a fraction of base("latency")
     assert 0 < value / ev.base("latency") < 0.9 * same

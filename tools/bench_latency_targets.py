@@ -1,8 +1,13 @@
-"""Are latency targets hit?  Prune zoo models to ``latency=P%`` and compare the final measured
-onnxruntime latency ratio with the target: ``prune``'s own final timing, original and pruned
-interleaved over 5 rounds of 100 runs, the median of the per-round ratios of medians.
+"""Are latency targets hit?  Prune zoo models to ``latency=P%`` and compare the measured
+onnxruntime latency ratio with the target.  One measurement is ``prune``'s own final timing:
+original and pruned interleaved over 5 rounds (each >= 100 runs and ~0.5 s), the median of the
+per-round ratios of medians.  On a shared VM that ratio moves several percent from one batch to
+the next (the machine's state), so ``--remeasure K`` times the shipped pruned ONNX against the
+original's K more times the same way, and the verdict is on the median of all K + 1
+measurements ("re-timed" column; "prune said" is prune()'s own).
 
     python tools/bench_latency_targets.py --models resnet18,mobilenet_v2 --target 60
+    python tools/bench_latency_targets.py --models digits_cnn --batch 64 --target 50
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import argparse
 import json
 import logging
 import os
+import statistics
 import warnings
 
 import torch
@@ -20,19 +26,51 @@ from prunepass.api import prune
 from prunepass.data import builtin_calibration, first_of
 
 
-def run_one(name: str, percent: float, threads: int, strategy: str) -> dict:
+def with_batch(inputs: tuple, batch: int) -> tuple:
+    """The example inputs with their tensors' first dimension repeated to ``batch``."""
+    def grow(x):
+        return x.repeat(batch, *([1] * (x.dim() - 1)))[:batch] if isinstance(x, torch.Tensor) and x.dim() else x
+    return tuple({k: grow(v) for k, v in x.items()} if isinstance(x, dict) else grow(x) for x in inputs)
+
+
+def remeasure(result, original, times: int, threads: int) -> list[float]:
+    """``times`` more measurements of the shipped pruned model against the original, each the
+    way prune() measures (5 interleaved rounds, median of per-round ratios)."""
+    from prunepass.api import FINAL_ROUND_SECONDS, FINAL_ROUNDS
+    from prunepass.onnx_backend import example_feeds, export_onnx, make_session, paired_rounds
+
+    args, kwargs = result.analysis.captured.args, result.analysis.captured.kwargs
+    sessions = []
+    for m in (original, result.model):
+        sess = make_session(export_onnx(m, args, kwargs, verify=False), threads)
+        sessions.append((sess, example_feeds(sess, args, kwargs)))
+    out = []
+    for _ in range(times):
+        rounds = paired_rounds(sessions, rounds=FINAL_ROUNDS, runs=100, min_seconds=FINAL_ROUND_SECONDS,
+                               threads=threads)
+        out.append(statistics.median(p.median / o.median for o, p in rounds))
+    return out
+
+
+def run_one(name: str, percent: float, threads: int, strategy: str, batch: int | None, times: int) -> dict:
     model, inputs = models.get(name)
+    if batch:
+        inputs = with_batch(inputs, batch)
     data, loss = builtin_calibration(model, inputs, n_batches=4)
     r = prune(model, inputs, data=data, loss_fn=loss, target=f"latency={percent}%", strategy=strategy,
               threads=threads, sample_to_model_inputs=first_of)
     lat = r.report["latency"]
-    ratio = lat["ratio"]  # median of per-round ratios, original and pruned timed interleaved
+    said = lat["ratio"]  # median of per-round ratios, original and pruned timed interleaved
+    every = [said, *remeasure(r, model, times, threads)] if times else [said]
+    ratio = statistics.median(every)
     search = r.search
-    return {"model": name, "target": percent / 100, "achieved": ratio, "search_estimate_ms": lat.get("predicted_ms"),
+    return {"model": name + (f"(b{batch})" if batch else ""), "target": percent / 100, "achieved": ratio,
+            "prune_said": said, "search_estimate_ms": lat.get("predicted_ms"),
             "search_ratio": search.achieved / search.base if search else float("nan"),
             "met": r.report["met"],
             "original_ms": lat["original"]["median_ms"], "pruned_ms": lat["pruned"]["median_ms"],
-            "error": ratio / (percent / 100) - 1, "never_slower": ratio <= 1.0,
+            "error": ratio / (percent / 100) - 1, "never_slower": max(every) <= 1.0,
+            "measurements": every,
             "flops_ratio": r.report["flops"]["pruned"] / r.report["flops"]["original"]}
 
 
@@ -42,6 +80,9 @@ def main() -> None:
     p.add_argument("--target", type=float, default=60.0, help="percent of the original latency")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--strategy", default="auto")
+    p.add_argument("--batch", type=int, help="repeat the example inputs to this batch size")
+    p.add_argument("--remeasure", type=int, default=2,
+                   help="extra measurements of each answer; the verdict is on the median of all")
     p.add_argument("--json")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
@@ -49,18 +90,20 @@ def main() -> None:
     torch.set_num_threads(1)
     rows = []
     print(f"cpus={os.cpu_count()} torch={torch.__version__} target={args.target}% threads={args.threads}")
-    print(f"{'model':14s} {'orig ms':>8s} {'pruned ms':>9s} {'ratio':>6s} {'target':>6s} {'error':>7s} "
-          f"{'within 7%':>9s} {'not slower':>10s} {'FLOPs ratio':>11s} {'search said':>11s} {'met':>5s}")
+    print(f"{'model':14s} {'orig ms':>8s} {'pruned ms':>9s} {'re-timed':>8s} {'target':>6s} {'error':>7s} "
+          f"{'within 7%':>9s} {'not slower':>10s} {'FLOPs ratio':>11s} {'prune said':>10s} {'search said':>11s} "
+          f"{'met':>5s}")
     for name in args.models.split(","):
         try:
-            row = run_one(name, args.target, args.threads, args.strategy)
+            row = run_one(name, args.target, args.threads, args.strategy, args.batch, args.remeasure)
         except Exception as exc:  # noqa: BLE001 - a benchmark reports and continues
             print(f"{name:14s} failed: {type(exc).__name__}: {str(exc)[:120]}")
             continue
         rows.append(row)
-        print(f"{name:14s} {row['original_ms']:8.3f} {row['pruned_ms']:9.3f} {row['achieved']:6.3f} "
+        print(f"{row['model']:14s} {row['original_ms']:8.3f} {row['pruned_ms']:9.3f} {row['achieved']:8.3f} "
               f"{row['target']:6.2f} {100 * row['error']:+6.1f}% {str(abs(row['error']) <= 0.07):>9s} "
-              f"{str(row['never_slower']):>10s} {row['flops_ratio']:11.3f} {row['search_ratio']:11.3f} {str(row['met']):>5s}")
+              f"{str(row['never_slower']):>10s} {row['flops_ratio']:11.3f} {row['prune_said']:10.3f} "
+              f"{row['search_ratio']:11.3f} {str(row['met']):>5s}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -3,6 +3,7 @@ and an evolutionary sample-based search with checkpoint / resume."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -34,6 +35,13 @@ LOSS_SLACK = 0.05  # a finalist in the latency band may cost this much more cali
 FILL_STEPS = 16  # the fill step widens a group by at least 1/16 of its size at a time
 SETTLE_BAND = 0.035  # an answer timed as deployed this far off its latency goal is moved toward it
 SETTLE_TRIES = 2  # widen / narrow rounds against the deployed timing
+# when widening or narrowing alone cannot reach the band (a small network's steps are coarse),
+# the NEIGHBOUR_GROUPS groups that move the most FLOPs a step are timed one step up and down as
+# deployed; two-step plans are timed on the search's path and the NEIGHBOURS most valuable ones
+# in the band are timed as deployed
+NEIGHBOUR_GROUPS = 6
+NEIGHBOURS = 4
+NEIGHBOUR_SECONDS = 15.0  # search timings of two-step plans (a few seconds on a small model)
 
 
 @dataclass
@@ -382,6 +390,103 @@ def _settle_deployed(analysis: Analysis, evaluator: Evaluator, rank: dict[str, n
             break
         plan, fast, value = moved
         deployed = moved_deployed
+    if abs(deployed / goal - 1) > SETTLE_BAND:
+        plan, deployed, value = _settle_neighbours(analysis, evaluator, rank, options, (plan, fast, value), deployed,
+                                                   goal, history)
+    return plan, deployed, value
+
+
+def _settle_neighbours(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.ndarray],
+                       options: dict[str, list[int]], chosen: tuple[Plan, float, float], deployed: float,
+                       goal: float, history: list[dict[str, float]]) -> tuple[Plan, float, float]:
+    """The plans between the two that straddle the band: when one step of any group moves a
+    small network's latency by more than the band (16 -> 8 channels can be 30 % of a tiny CNN),
+    widening one group while narrowing another lands in between.
+
+    The ``NEIGHBOUR_GROUPS`` groups whose step moves the most FLOPs are each moved one step up
+    and one step down, and these plans are timed as deployed together with the answer (search
+    timings of single steps are too noisy, and biased plan by plan, to add up).  Plans two steps
+    away (one group up and another down, or two the same way) are ranked by the sum of their
+    two changes, and as many of those closest to the goal as ``NEIGHBOUR_SECONDS`` allow are
+    timed on the search's path and rescaled by the answer's deployed / search bias (latency
+    does not add up on a small network: a narrow first layer is memory-bound).  The
+    ``NEIGHBOURS`` most valuable ones predicted within ``LATENCY_BAND`` of the goal are timed as
+    deployed together with the answer and the single steps measured in the band.  The best
+    plan measured in the band wins (the lowest calibration loss when the evaluator has one, the
+    most kept importance otherwise); otherwise the one closest to the goal, if it is closer
+    than the answer and at most ``SETTLE_BAND`` over.  Returns ``(plan, deployed latency,
+    value)``."""
+    plan, _, value = chosen
+    widths = {k: v for k, v in plan.widths(analysis).items() if k in options}
+    cost = evaluator.cost
+    meta = {k: v for k, v in plan.meta.items() if k in ("strategy", "target")}
+    flops_now = float(cost.flops(widths))
+
+    def step(name: str, up: bool) -> int | None:
+        opts, w = options[name], widths[name]
+        size = max(1, round(opts[-1] / FILL_STEPS))
+        if up:
+            return next((o for o in opts if o >= w + size), None if w == opts[-1] else opts[-1])
+        return max((o for o in opts if o <= w - size), default=None if w == opts[0] else opts[0])
+
+    def gain(combo: tuple) -> float:
+        return sum(kept_value(rank[n], to) - kept_value(rank[n], widths[n]) for n, to in combo)
+
+    def make(combo: tuple) -> Plan:
+        return plan_from_widths(analysis, {**widths, **dict(combo)}, rank, **meta)
+
+    moves = {name: [to for up in (True, False) if (to := step(name, up)) is not None] for name in options}
+    reach = {name: max(abs(float(cost.flops({**widths, name: to})) - flops_now) for to in m)
+             for name, m in moves.items() if m}
+    singles = [(name, to) for name in sorted(reach, key=lambda n: -reach[n])[:NEIGHBOUR_GROUPS]
+               for to in moves[name]]
+    timed = evaluator.deployed([plan] + [make((m,)) for m in singles])
+    if timed is None:
+        return plan, deployed, value
+    deployed, delta = timed[0], {m: t - timed[0] for m, t in zip(singles, timed[1:], strict=True)}
+    history.append({"value": deployed, "score": value, "deployed": 1.0})
+    for m in singles:
+        history.append({"value": deployed + delta[m], "score": value + gain((m,)), "deployed": 1.0})
+
+    def better(results: list[tuple[Plan, float, float]]) -> tuple[Plan, float, float] | None:
+        in_band = [r for r in results if abs(r[1] / goal - 1) <= SETTLE_BAND]
+        if in_band:
+            if evaluator.has_loss:
+                return min(in_band, key=lambda r: evaluator.loss(r[0]))
+            return max(in_band, key=lambda r: r[2])
+        return None
+
+    single_results = [(make((m,)), deployed + delta[m], value + gain((m,))) for m in singles]
+    combos = [c for k in (2, 3) for c in itertools.combinations(singles, k) if len({m[0] for m in c}) == k]
+    pairs = sorted(combos, key=lambda c: abs(deployed + sum(delta[m] for m in c) - goal))
+    runs = getattr(evaluator.latency, "runs", 60)
+    budget = max(NEIGHBOURS, int(NEIGHBOUR_SECONDS / max(2e-3 * runs * evaluator.base("latency"), 0.05)))
+    bias = deployed / evaluator.value("latency", plan)
+    near = []
+    for c in pairs[:budget]:
+        predicted = bias * evaluator.value("latency", make(c))
+        history.append({"value": predicted, "score": value + gain(c), "predicted": predicted})
+        if abs(predicted / goal - 1) <= LATENCY_BAND:  # wider: a search timing is one draw
+            near.append((value + gain(c), c))
+    near = sorted(near, key=lambda t: -t[0])[:NEIGHBOURS]
+    if near:
+        banded = [r for r in single_results if abs(r[1] / goal - 1) <= SETTLE_BAND]
+        shortlist = [(r[0], r[2]) for r in banded] + [(make(c), v) for v, c in near]
+        timed = evaluator.deployed([plan] + [p for p, _ in shortlist])
+        if timed is not None:
+            deployed = timed[0]
+            history.append({"value": deployed, "score": value, "deployed": 1.0})
+            results = [(p, t, v) for (p, v), t in zip(shortlist, timed[1:], strict=True)]
+            for r in results:
+                history.append({"value": r[1], "score": r[2], "deployed": 1.0})
+            single_results = results
+    pick = better(single_results)
+    if pick is not None:
+        return pick
+    fits = [r for r in single_results if r[1] <= goal * (1 + SETTLE_BAND)]
+    closest = min(fits, key=lambda r: abs(r[1] / goal - 1), default=None)
+    if closest is not None and abs(closest[1] / goal - 1) < abs(deployed / goal - 1):
+        return closest
     return plan, deployed, value
 
 

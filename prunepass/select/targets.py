@@ -94,6 +94,10 @@ class LatencyOracle:
         self._reference: float | None = None  # the unpruned model's latency (fast path)
         self._deployed_ref: tuple | None = None  # (session, feeds) of the unpruned model's full export
         self._deployed: dict[tuple, tuple] = {}  # the same for plans, by widths
+        # per-round deployed ratios of every plan timed so far: a small model's ratio moves
+        # several percent with the machine's state from one batch to the next, so a plan timed
+        # again is judged on all its rounds
+        self.deployed_rounds: dict[tuple, list[float]] = {}
         self.evaluations = 0
         self.mode = "fast" if use_fast_path else "export"
 
@@ -144,10 +148,11 @@ class LatencyOracle:
     def deployed_ratios(self, plans: list[Plan], rounds: int = DEPLOYED_ROUNDS) -> list[float]:
         """The plans' latencies as fractions of the original's, as ``prune()`` ships and checks
         them: full exports (optimised and cleaned, unlike the fast path's template), all timed
-        run by run in turn with the full export of the unpruned model; per plan the median of
-        ``rounds`` per-round ratios of medians.  Timing several plans together makes their
-        comparison immune to the machine's state, which moves a small model's ratio by several
-        percent from minute to minute.  The fast path ranks candidates well but its unpruned
+        run by run in turn with the full export of the unpruned model, ``rounds`` rounds; per plan
+        the median of its per-round ratios of medians over every timing of it so far (a small
+        model's ratio moves several percent with the machine's state from one batch to the next,
+        so one batch is one draw).  Timing plans together keeps their comparison fair within a
+        batch.  The fast path ranks candidates well but its unpruned
         template runs a few percent faster than the shipped export, so a search confirms its
         answer with this."""
         from prunepass.onnx_backend import paired_rounds
@@ -158,10 +163,13 @@ class LatencyOracle:
         for plan in plans:
             if self._key(plan) not in self._deployed:
                 self._deployed[self._key(plan)] = _deployed_session(self.analysis, plan, self.threads)
-        sessions = [self._deployed_ref] + [self._deployed[self._key(p)] for p in plans]
+        keys = list(dict.fromkeys(self._key(p) for p in plans))
+        sessions = [self._deployed_ref] + [self._deployed[k] for k in keys]
         timed = paired_rounds(sessions, rounds=rounds, runs=max(20, 2 * self.long_runs() // rounds),
                               min_seconds=DEPLOYED_ROUND_SECONDS * len(sessions) / 2, warmup=5, threads=self.threads)
-        return [statistics.median(r[i].median / r[0].median for r in timed) for i in range(1, len(sessions))]
+        for i, key in enumerate(keys, start=1):
+            self.deployed_rounds.setdefault(key, []).extend(r[i].median / r[0].median for r in timed)
+        return [statistics.median(self.deployed_rounds[self._key(p)]) for p in plans]
 
 
 def _full_export(analysis: Analysis, plan: Plan) -> Any:
