@@ -508,8 +508,9 @@ def _step_latency(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.n
     (``widen``) or the least lost per predicted latency first, until the prediction reaches the
     goal (within ``FILL_MARGIN`` under it), then re-times the plan and goes on from the
     measurement.  Unlike ``_fill_latency`` (one timed step at a time, for the search's fine
-    choices) this covers a gap of 10-20 % in a handful of timings.  Returns the last timed plan
-    (widening stops at the first one timed over the goal)."""
+    choices) this covers a gap of 10-20 % in a handful of timings.  Returns the last timed plan;
+    widening stops at the first one timed over the goal and returns the widening before it, or
+    this one if it was the first (the caller compares it with the start as deployed)."""
     plan, achieved, value = chosen
     widths = {k: v for k, v in plan.widths(analysis).items() if k in options}
     cost = evaluator.cost
@@ -561,9 +562,11 @@ def _step_latency(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.n
         trial_plan = plan_from_widths(analysis, trial, rank, **meta)
         measured = evaluator.remeasure(trial_plan)
         history.append({"value": measured, "score": trial_value, "predicted": predicted})
-        widths, plan, achieved, value = trial, trial_plan, measured, trial_value
         if widen and measured > goal:
-            break
+            if plan is not chosen[0]:  # an earlier widening fit: that one is closer
+                break
+            return trial_plan, measured, trial_value
+        widths, plan, achieved, value = trial, trial_plan, measured, trial_value
     return plan, achieved, value
 
 
