@@ -37,11 +37,11 @@ SETTLE_BAND = 0.035  # an answer timed as deployed this far off its latency goal
 SETTLE_TRIES = 2  # widen / narrow rounds against the deployed timing
 # when widening or narrowing alone cannot reach the band (a small network's steps are coarse),
 # the NEIGHBOUR_GROUPS groups that move the most FLOPs a step are timed one step up and down as
-# deployed; two-step plans are timed on the search's path and the NEIGHBOURS most valuable ones
-# in the band are timed as deployed
+# deployed; plans two or three steps away are timed on the search's path and the NEIGHBOURS most
+# valuable ones near the goal are timed as deployed
 NEIGHBOUR_GROUPS = 6
 NEIGHBOURS = 4
-NEIGHBOUR_SECONDS = 15.0  # search timings of two-step plans (a few seconds on a small model)
+NEIGHBOUR_SECONDS = 15.0  # search timings of those plans (a few seconds on a small model)
 
 
 @dataclass
@@ -405,9 +405,9 @@ def _settle_neighbours(analysis: Analysis, evaluator: Evaluator, rank: dict[str,
 
     The ``NEIGHBOUR_GROUPS`` groups whose step moves the most FLOPs are each moved one step up
     and one step down, and these plans are timed as deployed together with the answer (search
-    timings of single steps are too noisy, and biased plan by plan, to add up).  Plans two steps
-    away (one group up and another down, or two the same way) are ranked by the sum of their
-    two changes, and as many of those closest to the goal as ``NEIGHBOUR_SECONDS`` allow are
+    timings of single steps are too noisy, and biased plan by plan, to add up).  Plans two or
+    three steps away (say one group up and another down) are ranked by the sum of their single
+    changes, and as many of those closest to the goal as ``NEIGHBOUR_SECONDS`` allow are
     timed on the search's path and rescaled by the answer's deployed / search bias (latency
     does not add up on a small network: a narrow first layer is memory-bound).  The
     ``NEIGHBOURS`` most valuable ones predicted within ``LATENCY_BAND`` of the goal are timed as
@@ -458,12 +458,12 @@ def _settle_neighbours(analysis: Analysis, evaluator: Evaluator, rank: dict[str,
 
     single_results = [(make((m,)), deployed + delta[m], value + gain((m,))) for m in singles]
     combos = [c for k in (2, 3) for c in itertools.combinations(singles, k) if len({m[0] for m in c}) == k]
-    pairs = sorted(combos, key=lambda c: abs(deployed + sum(delta[m] for m in c) - goal))
+    ranked = sorted(combos, key=lambda c: abs(deployed + sum(delta[m] for m in c) - goal))
     runs = getattr(evaluator.latency, "runs", 60)
     budget = max(NEIGHBOURS, int(NEIGHBOUR_SECONDS / max(2e-3 * runs * evaluator.base("latency"), 0.05)))
     bias = deployed / evaluator.value("latency", plan)
     near = []
-    for c in pairs[:budget]:
+    for c in ranked[:budget]:
         predicted = bias * evaluator.value("latency", make(c))
         history.append({"value": predicted, "score": value + gain(c), "predicted": predicted})
         if abs(predicted / goal - 1) <= LATENCY_BAND:  # wider: a search timing is one draw
@@ -479,7 +479,8 @@ def _settle_neighbours(analysis: Analysis, evaluator: Evaluator, rank: dict[str,
             results = [(p, t, v) for (p, v), t in zip(shortlist, timed[1:], strict=True)]
             for r in results:
                 history.append({"value": r[1], "score": r[2], "deployed": 1.0})
-            single_results = results
+            # out-of-band single steps stay in the running for "closest" (their first timing)
+            single_results = results + [r for r in single_results if all(r is not b for b in banded)]
     pick = better(single_results)
     if pick is not None:
         return pick
