@@ -37,8 +37,8 @@ SETTLE_BAND = 0.035  # an answer timed as deployed this far off its latency goal
 SETTLE_TRIES = 2  # widen / narrow rounds against the deployed timing
 # when widening or narrowing alone cannot reach the band (a small network's steps are coarse),
 # the NEIGHBOUR_GROUPS groups that move the most FLOPs a step are timed one step up and down as
-# deployed; plans two or three steps away are timed on the search's path and the NEIGHBOURS most
-# valuable ones near the goal are timed as deployed
+# deployed; plans moving up to three groups by one or two steps are timed on the search's path
+# and the NEIGHBOURS most valuable ones near the goal are timed as deployed
 NEIGHBOUR_GROUPS = 6
 NEIGHBOURS = 4
 NEIGHBOUR_SECONDS = 15.0  # search timings of those plans (a few seconds on a small model)
@@ -405,11 +405,12 @@ def _settle_neighbours(analysis: Analysis, evaluator: Evaluator, rank: dict[str,
 
     The ``NEIGHBOUR_GROUPS`` groups whose step moves the most FLOPs are each moved one step up
     and one step down, and these plans are timed as deployed together with the answer (search
-    timings of single steps are too noisy, and biased plan by plan, to add up).  Plans two or
-    three steps away (say one group up and another down) are ranked by the sum of their single
-    changes, and as many of those closest to the goal as ``NEIGHBOUR_SECONDS`` allow are
-    timed on the search's path and rescaled by the answer's deployed / search bias (latency
-    does not add up on a small network: a narrow first layer is memory-bound).  The
+    timings of single steps are too noisy, and biased plan by plan, to add up).  Plans that move
+    up to three groups by one or two steps each (say one group up and another down) are ranked
+    by the sum of their single-step changes (a second step counted as the first again), and as
+    many of those closest to the goal as ``NEIGHBOUR_SECONDS`` allow are timed on the search's
+    path and rescaled by the answer's deployed / search bias (latency does not add up on a
+    small network: a narrow first layer is memory-bound).  The
     ``NEIGHBOURS`` most valuable ones predicted within ``LATENCY_BAND`` of the goal are timed as
     deployed together with the answer and the single steps measured in the band.  The best
     plan measured in the band wins (the lowest calibration loss when the evaluator has one, the
@@ -422,8 +423,8 @@ def _settle_neighbours(analysis: Analysis, evaluator: Evaluator, rank: dict[str,
     meta = {k: v for k, v in plan.meta.items() if k in ("strategy", "target")}
     flops_now = float(cost.flops(widths))
 
-    def step(name: str, up: bool) -> int | None:
-        opts, w = options[name], widths[name]
+    def step(name: str, up: bool, w: int | None = None) -> int | None:
+        opts, w = options[name], widths[name] if w is None else w
         size = max(1, round(opts[-1] / FILL_STEPS))
         if up:
             return next((o for o in opts if o >= w + size), None if w == opts[-1] else opts[-1])
@@ -457,8 +458,18 @@ def _settle_neighbours(analysis: Analysis, evaluator: Evaluator, rank: dict[str,
         return None
 
     single_results = [(make((m,)), deployed + delta[m], value + gain((m,))) for m in singles]
-    combos = [c for k in (2, 3) for c in itertools.combinations(singles, k) if len({m[0] for m in c}) == k]
-    ranked = sorted(combos, key=lambda c: abs(deployed + sum(delta[m] for m in c) - goal))
+    # each group may also move two steps the same way (its change estimated as twice the first)
+    estimate = dict(delta)
+    for (name, to), d in delta.items():
+        again = step(name, to > widths[name], to)
+        if again is not None and again != to:
+            estimate[(name, again)] = 2 * d
+    per_group: dict[str, list[tuple[str, int]]] = {}
+    for m in estimate:
+        per_group.setdefault(m[0], []).append(m)
+    combos = [c for k in (1, 2, 3) for names in itertools.combinations(per_group, k)
+              for c in itertools.product(*(per_group[n] for n in names)) if k > 1 or c[0] not in delta]
+    ranked = sorted(combos, key=lambda c: abs(deployed + sum(estimate[m] for m in c) - goal))
     runs = getattr(evaluator.latency, "runs", 60)
     budget = max(NEIGHBOURS, int(NEIGHBOUR_SECONDS / max(2e-3 * runs * evaluator.base("latency"), 0.05)))
     bias = deployed / evaluator.value("latency", plan)
