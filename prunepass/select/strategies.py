@@ -411,8 +411,8 @@ def _settle_neighbours(analysis: Analysis, evaluator: Evaluator, rank: dict[str,
     many of those closest to the goal as ``NEIGHBOUR_SECONDS`` allow are timed on the search's
     path and rescaled by the answer's deployed / search bias (latency does not add up on a
     small network: a narrow first layer is memory-bound).  The
-    ``NEIGHBOURS`` most valuable ones predicted within ``LATENCY_BAND`` of the goal are timed as
-    deployed together with the answer and the single steps measured in the band.  The best
+    ``NEIGHBOURS`` most valuable ones predicted within ``LATENCY_BAND`` of the goal (those within
+    ``SETTLE_BAND`` first) are timed as deployed together with the answer and the single steps measured in the band.  The best
     plan measured in the band wins (the lowest calibration loss when the evaluator has one, the
     most kept importance otherwise); otherwise the one closest to the goal, if it is closer
     than the answer and at most ``SETTLE_BAND`` over.  Returns ``(plan, deployed latency,
@@ -478,8 +478,8 @@ def _settle_neighbours(analysis: Analysis, evaluator: Evaluator, rank: dict[str,
         predicted = bias * evaluator.value("latency", make(c))
         history.append({"value": predicted, "score": value + gain(c), "predicted": predicted})
         if abs(predicted / goal - 1) <= LATENCY_BAND:  # wider: a search timing is one draw
-            near.append((value + gain(c), c))
-    near = sorted(near, key=lambda t: -t[0])[:NEIGHBOURS]
+            near.append((abs(predicted / goal - 1) > SETTLE_BAND, -(value + gain(c)), c))
+    near = [(-v, c) for _, v, c in sorted(near)[:NEIGHBOURS]]
     if near:
         banded = [r for r in single_results if abs(r[1] / goal - 1) <= SETTLE_BAND]
         shortlist = [(r[0], r[2]) for r in banded] + [(make(c), v) for v, c in near]
