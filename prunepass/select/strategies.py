@@ -415,7 +415,9 @@ def _settle_neighbours(analysis: Analysis, evaluator: Evaluator, rank: dict[str,
     ``SETTLE_BAND`` first) are timed as deployed together with the answer and the single steps measured in the band.  The best
     plan measured in the band wins (the lowest calibration loss when the evaluator has one, the
     most kept importance otherwise); otherwise the one closest to the goal, if it is closer
-    than the answer and at most ``SETTLE_BAND`` over.  Returns ``(plan, deployed latency,
+    than the answer and at most ``SETTLE_BAND`` over.  When the answer itself is within
+    ``LATENCY_BAND`` of the goal, only plans at most ``LOSS_SLACK`` worse (calibration loss, or
+    kept importance without one) may replace it.  Returns ``(plan, deployed latency,
     value)``."""
     plan, _, value = chosen
     widths = {k: v for k, v in plan.widths(analysis).items() if k in options}
@@ -492,6 +494,14 @@ def _settle_neighbours(analysis: Analysis, evaluator: Evaluator, rank: dict[str,
                 history.append({"value": r[1], "score": r[2], "deployed": 1.0})
             # out-of-band single steps stay in the running for "closest" (their first timing)
             single_results = results + [r for r in single_results if all(r is not b for b in banded)]
+    if abs(deployed / goal - 1) <= LATENCY_BAND:
+        # the answer is already within the promised band: moving nearer the goal must not cost
+        # accuracy (a neighbour one group narrower can lose far more than its latency is worth)
+        if evaluator.has_loss:
+            limit = evaluator.loss(plan) + LOSS_SLACK * abs(evaluator.loss(plan))
+            single_results = [r for r in single_results if evaluator.loss(r[0]) <= limit]
+        else:
+            single_results = [r for r in single_results if r[2] >= value * (1 - LOSS_SLACK)]
     pick = better(single_results)
     if pick is not None:
         return pick
