@@ -174,9 +174,23 @@ def build_report(a: Analysis, plan: Plan, cost: CostModel, target: Target, searc
     }
 
 
+def final_rounds(original_proto: Any, pruned_proto: Any, args: tuple, kwargs: dict, threads: int = 1) -> list:
+    """``prune()``'s final timing of two ONNX models: original and pruned run by run in turn
+    (both share the machine's load), ``FINAL_ROUNDS`` rounds of at least 100 runs and about
+    ``FINAL_ROUND_SECONDS`` each.  Returns ``[(original stats, pruned stats)]`` per round."""
+    from prunepass.onnx_backend import example_feeds, make_session, paired_rounds
+
+    sessions = []
+    for p in (original_proto, pruned_proto):
+        sess = make_session(p, threads)
+        sessions.append((sess, example_feeds(sess, args, kwargs)))
+    return [tuple(r) for r in paired_rounds(sessions, rounds=FINAL_ROUNDS, runs=100,
+                                            min_seconds=FINAL_ROUND_SECONDS, threads=threads)]
+
+
 def _emit_and_measure(result: PruneResult, original: nn.Module, out_dir: str | Path | None, threads: int,
                       measure: bool) -> None:
-    from prunepass.onnx_backend import example_feeds, export_onnx, make_session, paired_rounds
+    from prunepass.onnx_backend import export_onnx
 
     a = result.analysis
     args, kwargs = a.captured.args, a.captured.kwargs
@@ -188,14 +202,8 @@ def _emit_and_measure(result: PruneResult, original: nn.Module, out_dir: str | P
         return
     base_target = _entry_module(original, a.captured.entry_point)
     base_proto = export_onnx(base_target, args, kwargs, verify=False)
-    sessions = []
-    for p in (base_proto, proto):
-        sess = make_session(p, threads)
-        sessions.append((sess, example_feeds(sess, args, kwargs)))
     rounds: dict[str, list[Any]] = {"original": [], "pruned": []}
-    # original and pruned run by run in turn: both share the machine's load
-    for o, p in paired_rounds(sessions, rounds=FINAL_ROUNDS, runs=100, min_seconds=FINAL_ROUND_SECONDS,
-                              threads=threads):
+    for o, p in final_rounds(base_proto, proto, args, kwargs, threads):
         rounds["original"].append(o)
         rounds["pruned"].append(p)
     lat: dict[str, Any] = {k: {"median_ms": statistics.median(s.median for s in v), "p10_ms": min(s.p10 for s in v)}

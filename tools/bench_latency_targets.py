@@ -35,21 +35,14 @@ def with_batch(inputs: tuple, batch: int) -> tuple:
 
 def remeasure(result, original, times: int, threads: int) -> list[float]:
     """``times`` more measurements of the shipped pruned model against the original, each the
-    way prune() measures (5 interleaved rounds, median of per-round ratios)."""
-    from prunepass.api import FINAL_ROUND_SECONDS, FINAL_ROUNDS
-    from prunepass.onnx_backend import example_feeds, export_onnx, make_session, paired_rounds
+    way prune() measures (``prunepass.api.final_rounds``; median of per-round ratios)."""
+    from prunepass.api import final_rounds
+    from prunepass.onnx_backend import export_onnx
 
     args, kwargs = result.analysis.captured.args, result.analysis.captured.kwargs
-    sessions = []
-    for m in (original, result.model):
-        sess = make_session(export_onnx(m, args, kwargs, verify=False), threads)
-        sessions.append((sess, example_feeds(sess, args, kwargs)))
-    out = []
-    for _ in range(times):
-        rounds = paired_rounds(sessions, rounds=FINAL_ROUNDS, runs=100, min_seconds=FINAL_ROUND_SECONDS,
-                               threads=threads)
-        out.append(statistics.median(p.median / o.median for o, p in rounds))
-    return out
+    protos = [export_onnx(m, args, kwargs, verify=False) for m in (original, result.model)]
+    return [statistics.median(p.median / o.median for o, p in final_rounds(*protos, args, kwargs, threads))
+            for _ in range(times)]
 
 
 def run_one(name: str, percent: float, threads: int, strategy: str, batch: int | None, times: int) -> dict:

@@ -410,10 +410,10 @@ def _settle_neighbours(analysis: Analysis, evaluator: Evaluator, rank: dict[str,
     by the sum of their single-step changes (a second step counted as the first again), and as
     many of those closest to the goal as ``NEIGHBOUR_SECONDS`` allow are timed on the search's
     path and rescaled by the answer's deployed / search bias (latency does not add up on a
-    small network: a narrow first layer is memory-bound).  The
-    ``NEIGHBOURS`` most valuable ones predicted within ``LATENCY_BAND`` of the goal (those within
-    ``SETTLE_BAND`` first) are timed as deployed together with the answer and the single steps measured in the band.  The best
-    plan measured in the band wins (the lowest calibration loss when the evaluator has one, the
+    small network: a narrow first layer is memory-bound).  The ``NEIGHBOURS`` most valuable
+    ones predicted within ``LATENCY_BAND`` of the goal (those within ``SETTLE_BAND`` first) are
+    timed as deployed together with the answer and the single steps measured in the band.  The
+    best plan measured in the band wins (the lowest calibration loss when the evaluator has one, the
     most kept importance otherwise); otherwise the one closest to the goal, if it is closer
     than the answer and at most ``SETTLE_BAND`` over.  When the answer itself is within
     ``LATENCY_BAND`` of the goal, only plans at most ``LOSS_SLACK`` worse (calibration loss, or
