@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 STRATEGIES = ("auto", "uniform", "global", "target", "knapsack", "optimal")
 LATENCY_STEP = 8
 PLAN_LOSS_BATCHES = 4  # calibration batches a search may use to compare its finalists by loss
-FINAL_ROUNDS = 5  # interleaved rounds of the final original-vs-pruned timing
+FINAL_ROUNDS = 6  # interleaved rounds of the final original-vs-pruned timing
+FINAL_PAIRS = 3  # fresh (original, pruned) session pairs the rounds are shared between
 FINAL_ROUND_SECONDS = 0.5  # each at least 100 runs and about this long
 
 
@@ -177,15 +178,22 @@ def build_report(a: Analysis, plan: Plan, cost: CostModel, target: Target, searc
 def final_rounds(original_proto: Any, pruned_proto: Any, args: tuple, kwargs: dict, threads: int = 1) -> list:
     """``prune()``'s final timing of two ONNX models: original and pruned run by run in turn
     (both share the machine's load), ``FINAL_ROUNDS`` rounds of at least 100 runs and about
-    ``FINAL_ROUND_SECONDS`` each.  Returns ``[(original stats, pruned stats)]`` per round."""
+    ``FINAL_ROUND_SECONDS`` each, shared between ``FINAL_PAIRS`` pairs of sessions (two
+    sessions of one model differ by up to 5 % for as long as they live, by where their buffers
+    land in memory: one pair is one draw).  Returns ``[(original stats, pruned stats)]`` per
+    round."""
     from prunepass.onnx_backend import example_feeds, make_session, paired_rounds
 
-    sessions = []
-    for p in (original_proto, pruned_proto):
-        sess = make_session(p, threads)
-        sessions.append((sess, example_feeds(sess, args, kwargs)))
-    return [tuple(r) for r in paired_rounds(sessions, rounds=FINAL_ROUNDS, runs=100,
-                                            min_seconds=FINAL_ROUND_SECONDS, threads=threads)]
+    pairs = []
+    for _ in range(FINAL_PAIRS):
+        pair = []
+        for p in (original_proto, pruned_proto):
+            sess = make_session(p, threads)
+            pair.append((sess, example_feeds(sess, args, kwargs)))
+        pairs.append(pair)
+    return [tuple(paired_rounds(pairs[r % FINAL_PAIRS], rounds=1, runs=100, min_seconds=FINAL_ROUND_SECONDS,
+                                warmup=10 if r < FINAL_PAIRS else 2, threads=threads)[0])
+            for r in range(FINAL_ROUNDS)]
 
 
 def _emit_and_measure(result: PruneResult, original: nn.Module, out_dir: str | Path | None, threads: int,

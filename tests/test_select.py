@@ -324,6 +324,56 @@ def test_settle_reaches_the_band_between_coarse_steps(digits):
     assert any(h.get("deployed") for h in history)
 
 
+def test_deployed_estimate_is_midway_between_the_machine_states(digits):
+    """A shared VM switches between a quiet state and a busy one (the original ~30 % slower) for
+    seconds to minutes; a small model's ratio moves with it.  A plan's estimate is midway between
+    its two states' medians, a plan seen in one state is moved by the other plans' state gap, and
+    before any state change is seen the estimate is the plain median."""
+    from prunepass.select.targets import BUSY_FACTOR, LatencyOracle
+
+    model, a, _ = digits
+    oracle = LatencyOracle(a)
+    both = uniform_plan(a, 0.5, constraint=ChannelConstraint(step=8))
+    quiet_only = uniform_plan(a, 0.25, constraint=ChannelConstraint(step=8))
+    key_both, key_quiet = oracle._key(both), oracle._key(quiet_only)
+    oracle.deployed_rounds[key_quiet] = [(0.90, 0.60), (0.91, 0.62), (0.92, 0.61)]
+    assert oracle.state_gap() is None and oracle.state_swing(quiet_only) == 0.0
+    assert oracle.deployed_estimate(quiet_only) == pytest.approx(0.61)  # no state change seen yet
+    busy = 0.90 * BUSY_FACTOR * 1.1
+    oracle.deployed_rounds[key_both] = [(0.90, 0.40), (busy, 0.44), (0.95, 0.40), (busy * 1.2, 0.44)]
+    assert oracle.state_gap(both) == pytest.approx(1.1)
+    assert oracle.deployed_estimate(both) == pytest.approx(0.42)
+    assert oracle.state_swing(both) == pytest.approx(0.02 / 0.42)
+    # seen quiet only: moved halfway up by the gap the other plan showed
+    assert oracle.deployed_estimate(quiet_only) == pytest.approx(0.61 * 2.1 / 2)
+    oracle.deployed_rounds[key_quiet] = [(busy, 0.66)]  # seen busy only: moved halfway down
+    assert oracle.deployed_estimate(quiet_only) == pytest.approx(0.66 * (1 + 1 / 1.1) / 2)
+
+
+def test_settle_band_narrows_with_the_state_swing(digits):
+    """An answer may stay SETTLE_BAND off its goal on a steady machine, less when the machine's
+    state moves its latency, so that a later measurement in either state stays in the 7 % band."""
+    from prunepass.select.strategies import LATENCY_BAND, MIN_SETTLE_BAND, SETTLE_BAND, STATE_MARGIN, _settle_band
+
+    model, a, _ = digits
+    plan = uniform_plan(a, 0.5, constraint=ChannelConstraint(step=8))
+
+    class Swinging(Evaluator):
+        swing = 0.0
+
+        def state_swing(self, plan):
+            return self.swing
+
+    ev = Swinging(a, CostModel(a), _StubLatency(a))
+    assert _settle_band(ev, plan) == SETTLE_BAND
+    ev.swing = 0.03
+    assert _settle_band(ev, plan) == pytest.approx(LATENCY_BAND - STATE_MARGIN - 0.03)
+    assert _settle_band(ev, plan) < SETTLE_BAND
+    ev.swing = 0.06
+    assert _settle_band(ev, plan) == MIN_SETTLE_BAND
+    assert Evaluator(a, CostModel(a), _StubLatency(a)).state_swing(plan) == 0.0  # oracles that cannot tell
+
+
 def test_fill_spends_latency_left_under_the_goal(resnet):
     """The MILP's FLOPs proxy can land far under a latency goal; the fill step widens groups
     (most kept importance per latency first) while the measured latency still fits."""
@@ -449,7 +499,7 @@ def test_paired_rounds_last_long_enough_for_small_models():
 def test_deployed_ratios_time_full_exports_against_the_original(digits):
     """The answer's check as shipped: full exports of the plans, timed together in turn with the
     original's; the unpruned plan measures ~1, a heavily pruned one less, sessions are reused."""
-    from prunepass.select.targets import LatencyOracle
+    from prunepass.select.targets import REF_SESSIONS, LatencyOracle
 
     model, a, s = digits
     oracle = LatencyOracle(a, runs=20, warmup=2)
@@ -457,7 +507,7 @@ def test_deployed_ratios_time_full_exports_against_the_original(digits):
     same, small = oracle.deployed_ratios([Plan.from_keep(a, {}), heavy], rounds=3)
     assert 0.75 < same < 1.33
     assert small < same
-    assert len(oracle._deployed) == 2 and oracle._deployed_ref is not None
+    assert len(oracle._deployed) == 2 and len(oracle._deployed_refs) == REF_SESSIONS
     sessions = dict(oracle._deployed)
     oracle.deployed_ratios([heavy], rounds=1)
     assert oracle._deployed == sessions  # no re-export for a plan timed before
