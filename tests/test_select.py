@@ -508,9 +508,10 @@ def test_deployed_ratios_time_full_exports_against_the_original(digits):
     assert 0.75 < same < 1.33
     assert small < same
     assert len(oracle._deployed) == 2 and len(oracle._deployed_refs) == REF_SESSIONS
-    sessions = dict(oracle._deployed)
+    protos = dict(oracle._deployed_protos)
     oracle.deployed_ratios([heavy], rounds=1)
-    assert oracle._deployed == sessions  # no re-export for a plan timed before
+    assert oracle._deployed_protos == protos  # no re-export for a plan timed before
+    assert len(oracle._deployed[oracle._key(heavy)]) == 2  # but one more session (each is a draw)
     # a plan timed again is judged on all its rounds (one batch is one draw of the machine's state)
     assert len(oracle.deployed_rounds[oracle._key(heavy)]) == 4
     ev = Evaluator(a, CostModel(a), oracle)

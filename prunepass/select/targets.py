@@ -96,7 +96,8 @@ class LatencyOracle:
         self._reference: float | None = None  # the unpruned model's latency (fast path)
         self._deployed_refs: list[tuple] = []  # (session, feeds) of the unpruned model's full export, several
         self._ref_turn = 0
-        self._deployed: dict[tuple, tuple] = {}  # the same for plans, by widths
+        self._deployed: dict[tuple, list[tuple]] = {}  # the same for plans, by widths (one more per timing)
+        self._deployed_protos: dict[tuple, Any] = {}
         # (original's median ms, ratio) of every deployed round of every plan timed so far: a
         # small model's ratio moves several percent with the machine's state, so a plan timed
         # again is judged on all its rounds, and rounds are told apart by the state they ran in
@@ -159,27 +160,28 @@ class LatencyOracle:
         many sessions leaves every run with a cold cache, which slows a pruned network more than
         the original (+2.7 % on the resnet50 zoo model with 9 sessions).  The original has
         ``REF_SESSIONS`` sessions, taken in turn from round to round: two sessions of one model
-        differ by up to 5 % for as long as they live (where their buffers land in memory).  The
-        fast path ranks candidates well but its unpruned template runs a few percent faster than
+        differ by up to 5 % for as long as they live (where their buffers land in memory); a plan
+        gets one more session each time it is timed again, up to as many.  The fast path ranks candidates well but its unpruned template runs a few percent faster than
         the shipped export, so a search confirms its answer with this."""
-        from prunepass.onnx_backend import example_feeds, make_session, paired_rounds
+        from prunepass.onnx_backend import paired_rounds
 
         self.evaluations += len(plans)
         if not self._deployed_refs:
             proto = _full_export(self.analysis, _empty(self.analysis))
-            for _ in range(REF_SESSIONS):
-                sess = make_session(proto, self.threads)
-                self._deployed_refs.append((sess, example_feeds(sess, self.analysis.captured.args,
-                                                                self.analysis.captured.kwargs)))
-        for plan in plans:
-            if self._key(plan) not in self._deployed:
-                self._deployed[self._key(plan)] = _deployed_session(self.analysis, plan, self.threads)
+            self._deployed_refs = [_session(self.analysis, proto, self.threads) for _ in range(REF_SESSIONS)]
         keys = list(dict.fromkeys(self._key(p) for p in plans))
+        for key, plan in zip(keys, {self._key(p): p for p in plans}.values(), strict=True):
+            if key not in self._deployed_protos:
+                self._deployed_protos[key] = _full_export(self.analysis, plan)
+            sessions = self._deployed.setdefault(key, [])
+            if len(sessions) < REF_SESSIONS:  # a plan timed again (the answer) gets one more session
+                sessions.append(_session(self.analysis, self._deployed_protos[key], self.threads))
         for r in range(rounds):
             self._ref_turn += 1
             ref = self._deployed_refs[self._ref_turn % len(self._deployed_refs)]
             for key in keys if r % 2 == 0 else reversed(keys):
-                (o, p), = paired_rounds([ref, self._deployed[key]], rounds=1, runs=20,
+                sessions = self._deployed[key]
+                (o, p), = paired_rounds([ref, sessions[r % len(sessions)]], rounds=1, runs=20,
                                         min_seconds=DEPLOYED_ROUND_SECONDS, warmup=5 if r == 0 else 2,
                                         threads=self.threads)
                 self.deployed_rounds.setdefault(key, []).append((o.median, p.median / o.median))
@@ -240,11 +242,11 @@ def _full_export(analysis: Analysis, plan: Plan) -> Any:
     return export_onnx(program, analysis.captured.args, analysis.captured.kwargs, verify=False)
 
 
-def _deployed_session(analysis: Analysis, plan: Plan, threads: int) -> tuple:
-    """(session, example feeds) of the pruned program's full ONNX export."""
+def _session(analysis: Analysis, proto: Any, threads: int) -> tuple:
+    """(session, example feeds) of an ONNX model of the analysed program."""
     from prunepass.onnx_backend import example_feeds, make_session
 
-    sess = make_session(_full_export(analysis, plan), threads)
+    sess = make_session(proto, threads)
     return sess, example_feeds(sess, analysis.captured.args, analysis.captured.kwargs)
 
 
