@@ -366,8 +366,8 @@ def test_settle_band_narrows_with_the_state_swing(digits):
 
     ev = Swinging(a, CostModel(a), _StubLatency(a))
     assert _settle_band(ev, plan) == SETTLE_BAND
-    ev.swing = 0.03
-    assert _settle_band(ev, plan) == pytest.approx(LATENCY_BAND - STATE_MARGIN - 0.03)
+    ev.swing = 0.04
+    assert _settle_band(ev, plan) == pytest.approx(LATENCY_BAND - STATE_MARGIN - 0.04)
     assert _settle_band(ev, plan) < SETTLE_BAND
     ev.swing = 0.06
     assert _settle_band(ev, plan) == MIN_SETTLE_BAND
