@@ -1,10 +1,10 @@
 """Are latency targets hit?  Prune zoo models to ``latency=P%`` and compare the measured
 onnxruntime latency ratio with the target.  One measurement is ``prune``'s own final timing:
-original and pruned interleaved over 5 rounds (each >= 100 runs and ~0.5 s), the median of the
-per-round ratios of medians.  On a shared VM that ratio moves several percent from one batch to
-the next (the machine's state), so ``--remeasure K`` times the shipped pruned ONNX against the
-original's K more times the same way, and the verdict is on the median of all K + 1
-measurements ("re-timed" column; "prune said" is prune()'s own).
+original and pruned interleaved over 6 rounds (each >= 100 runs and ~0.5 s, shared between 3
+fresh session pairs), the median of the per-round ratios of medians.  On a shared VM that ratio
+moves several percent from one batch to the next (the machine's state), so ``--remeasure K``
+times the shipped pruned ONNX against the original's K more times the same way, and the verdict
+is on the median of all K + 1 measurements ("re-timed" column; "prune said" is prune()'s own).
 
     python tools/bench_latency_targets.py --models resnet18,mobilenet_v2 --target 60
     python tools/bench_latency_targets.py --models digits_cnn --batch 64 --target 50

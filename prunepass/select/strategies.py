@@ -372,8 +372,8 @@ def _settle_deployed(analysis: Analysis, evaluator: Evaluator, rank: dict[str, n
     The answer and the moved plan are then timed together as deployed (so the machine's state
     cannot favour one of them), and the one closer to the goal is kept, provided it is at most
     the settle band over.  A latency target is a band, not a ceiling: on a shared CPU a small
-    model's latency ratio moves between states a few percent apart from minute to minute, so an
-    answer aimed just under the goal can be measured well under it later.  Returns the answer
+    model's latency ratio moves between a quiet and a busy state ~9 % apart from minute to
+    minute, so an answer aimed just under the goal can be measured well under it later.  Returns the answer
     with its deployed latency, or ``chosen`` unchanged when the evaluator cannot time
     deployments."""
     plan, fast, value = chosen
@@ -424,13 +424,13 @@ def _settle_neighbours(analysis: Analysis, evaluator: Evaluator, rank: dict[str,
     small network: a narrow first layer is memory-bound).  The ``NEIGHBOURS`` most valuable
     ones predicted within ``LATENCY_BAND`` of the goal (those within the settle band first) are
     timed as deployed together with the answer and the single steps measured in the band.  The
-    best plan measured in the band wins (the lowest calibration loss when the evaluator has one, the
-    most kept importance otherwise); otherwise the one closest to the goal, if it is closer
-    than the answer and at most the settle band over (``_settle_band``: narrower when the
-    machine's state moves the plan's latency).  When the answer itself is within
-    ``LATENCY_BAND`` of the goal (less the state swing), only plans at most ``LOSS_SLACK`` worse (calibration loss, or
-    kept importance without one) may replace it.  Returns ``(plan, deployed latency,
-    value)``."""
+    best plan measured in the band (``_settle_band``: narrower when the machine's state moves
+    the plan's latency) wins: the lowest calibration loss when the evaluator has one, the most
+    kept importance otherwise.  Otherwise the one closest to the goal wins, if it is closer
+    than the answer and at most the band over.  When the answer itself is within
+    ``LATENCY_BAND`` of the goal (less the state swing), only plans at most ``LOSS_SLACK``
+    worse (calibration loss, or kept importance without one) may replace it.  Returns
+    ``(plan, deployed latency, value)``."""
     plan, _, value = chosen
     widths = {k: v for k, v in plan.widths(analysis).items() if k in options}
     cost = evaluator.cost
