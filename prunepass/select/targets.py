@@ -161,16 +161,18 @@ class LatencyOracle:
         the original (+2.7 % on the resnet50 zoo model with 9 sessions).  The original has
         ``REF_SESSIONS`` sessions, taken in turn from round to round: two sessions of one model
         differ by up to 5 % for as long as they live (where their buffers land in memory); a plan
-        gets one more session each time it is timed again, up to as many.  The fast path ranks candidates well but its unpruned template runs a few percent faster than
-        the shipped export, so a search confirms its answer with this."""
+        gets one more session each time it is timed again, up to as many.  The fast path ranks
+        candidates well but its unpruned template runs a few percent faster than the shipped
+        export, so a search confirms its answer with this."""
         from prunepass.onnx_backend import paired_rounds
 
         self.evaluations += len(plans)
         if not self._deployed_refs:
             proto = _full_export(self.analysis, _empty(self.analysis))
             self._deployed_refs = [_session(self.analysis, proto, self.threads) for _ in range(REF_SESSIONS)]
-        keys = list(dict.fromkeys(self._key(p) for p in plans))
-        for key, plan in zip(keys, {self._key(p): p for p in plans}.values(), strict=True):
+        by_key = {self._key(p): p for p in plans}
+        keys = list(by_key)
+        for key, plan in by_key.items():
             if key not in self._deployed_protos:
                 self._deployed_protos[key] = _full_export(self.analysis, plan)
             sessions = self._deployed.setdefault(key, [])
@@ -191,7 +193,7 @@ class LatencyOracle:
         """A plan's deployed ratios in quiet and in busy rounds.  On a shared VM the machine
         switches, for seconds to minutes at a time, between a quiet state and a busy one where
         the original runs ~30 % slower; a small model slows down more than that, so its ratio
-        moves with the state (the digits CNN at batch 64: 0.43 quiet, 0.47 busy, for hours).
+        moves with the state (the digits CNN at batch 64: 0.43 quiet, 0.47 busy, in every run).
         The original's own time tells the states apart: a round is busy when the original ran
         ``BUSY_FACTOR`` slower than in the quietest round seen so far."""
         everything = [t for rounds in self.deployed_rounds.values() for t, _ in rounds]
