@@ -196,17 +196,24 @@ class LatencyOracle:
         moves with the state (the digits CNN at batch 64: 0.43 quiet, 0.47 busy, in every run).
         The original's own time tells the states apart: a round is busy when the original ran
         ``BUSY_FACTOR`` slower than in the quietest round seen so far."""
-        everything = [t for rounds in self.deployed_rounds.values() for t, _ in rounds]
-        cut = BUSY_FACTOR * min(everything)
+        return self._split(key, self._busy_cut())
+
+    def _busy_cut(self) -> float:
+        return BUSY_FACTOR * min(t for rounds in self.deployed_rounds.values() for t, _ in rounds)
+
+    def _split(self, key: tuple, cut: float) -> tuple[list[float], list[float]]:
         rounds = self.deployed_rounds[key]
         return [r for t, r in rounds if t < cut], [r for t, r in rounds if t >= cut]
 
     def state_gap(self, plan: Plan | None = None) -> float | None:
         """busy / quiet ratio of ``plan`` (its own rounds when it ran in both states, else the
         median over the plans that did); None while no plan has run in both states."""
-        gaps = {}
-        for key in self.deployed_rounds:
-            quiet, busy = self._states(key)
+        gaps: dict[tuple, float] = {}
+        if not self.deployed_rounds:
+            return None
+        cut = self._busy_cut()
+        for key in self.deployed_rounds:  # the cut once, not once per plan
+            quiet, busy = self._split(key, cut)
             if quiet and busy:
                 gaps[key] = statistics.median(busy) / statistics.median(quiet)
         if plan is not None and self._key(plan) in gaps:
