@@ -324,6 +324,40 @@ def test_settle_reaches_the_band_between_coarse_steps(digits):
     assert any(h.get("deployed") for h in history)
 
 
+class _RampStub(_BiasedStub):
+    """Latency of the digits CNN where only g2 counts, 0.05 per 8 channels: from g2 = 8 (0.2)
+    the goal 0.4 lies four steps up, two more than one neighbour pass moves a group."""
+
+    def __call__(self, plan):
+        return 0.2 + 0.05 * (plan.widths(self.analysis)["g2"] / 8 - 1)
+
+
+@pytest.mark.parametrize("passes", [1, 2])
+def test_neighbour_passes_walk_to_a_far_band(digits, monkeypatch, passes):
+    """When the plans in the band lie further than one neighbour pass reaches, a second pass
+    from the plan the first one moved to gets there; with one pass the answer stops halfway."""
+    import prunepass.select.strategies as strategies
+
+    model, a, _ = digits
+    stub = _RampStub(a, 1.0)
+    ev = Evaluator(a, CostModel(a), stub)
+    rank = {g.name: np.linspace(1.0, 0.1, g.size) for g in a.prunable_groups}
+    options = {g.name: allowed_widths(g, ChannelConstraint(step=8)) for g in a.prunable_groups}
+    widths = {"g0": 8, "g1": 16, "g2": 8, "g3": 32}
+    plan = strategies.plan_from_widths(a, widths, rank)
+    value = sum(strategies.kept_value(rank[k], w) for k, w in widths.items())
+    # isolate the neighbour passes: the widen / narrow step moves nothing
+    monkeypatch.setattr(strategies, "_step_latency", lambda analysis, evaluator, rank, options, chosen, *a, **k: chosen)
+    monkeypatch.setattr(strategies, "NEIGHBOUR_PASSES", passes)
+    goal = 0.4
+    got, deployed, _ = strategies._settle_deployed(a, ev, rank, options, (plan, stub(plan), value), goal, [], [])
+    assert deployed == pytest.approx(stub(got))
+    if passes == 1:
+        assert got.widths(a)["g2"] == 24 and deployed == pytest.approx(0.3)
+    else:
+        assert got.widths(a)["g2"] == 40 and deployed == pytest.approx(goal)
+
+
 def test_deployed_estimate_is_midway_between_the_machine_states(digits):
     """A shared VM switches between a quiet state and a busy one (the original ~30 % slower) for
     seconds to minutes; a small model's ratio moves with it.  A plan's estimate is midway between
