@@ -3,13 +3,18 @@ and an evolutionary sample-based search with checkpoint / resume."""
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import json
 import logging
 import math
+import os
 import random
+import sys
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +73,36 @@ class SearchReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@contextmanager
+def native_stdout_silenced() -> Iterator[None]:
+    """Send what native code writes to file descriptor 1 to /dev/null for the block: scipy's
+    HiGHS build prints a debug line (``HighsMipSolverData::transformNewIntegerFeasibleSolution``)
+    straight to stdout on some MILPs, into the middle of a CLI's output.  Python's own
+    ``sys.stdout`` is flushed first and C's stdio buffers before the descriptor is restored."""
+    try:
+        fd = sys.__stdout__.fileno() if sys.__stdout__ is not None else -1
+    except (AttributeError, OSError, ValueError):
+        fd = -1
+    if fd < 0:
+        yield
+        return
+    for stream in (sys.stdout, sys.__stdout__):
+        with suppress(AttributeError, OSError, ValueError):
+            stream.flush()
+    saved = os.dup(fd)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), fd)
+            try:
+                yield
+            finally:
+                with suppress(OSError, AttributeError):
+                    ctypes.CDLL(None).fflush(None)
+                os.dup2(saved, fd)
+    finally:
+        os.close(saved)
 
 
 def ranking_scores(scores: Scores) -> dict[str, np.ndarray]:
@@ -218,10 +253,11 @@ def knapsack_plan(analysis: Analysis, scores: Scores, target: Target, evaluator:
         a_eq = np.zeros((len(groups), n))
         for j, (name, _) in enumerate(cols):
             a_eq[[g.name for g in groups].index(name), j] = 1
-        res = milp(c=-np.asarray(v), integrality=np.ones(n), bounds=Bounds(0, 1),
-                   constraints=[LinearConstraint(a_eq, 1, 1), LinearConstraint(np.asarray(c)[None, :], -np.inf,
-                                                                               budget - base_cost)],
-                   options={"time_limit": solver_time_limit})
+        with native_stdout_silenced():
+            res = milp(c=-np.asarray(v), integrality=np.ones(n), bounds=Bounds(0, 1),
+                       constraints=[LinearConstraint(a_eq, 1, 1),
+                                    LinearConstraint(np.asarray(c)[None, :], -np.inf, budget - base_cost)],
+                       options={"time_limit": solver_time_limit})
         if res.x is None:  # budget below the smallest allowed network: take the smallest one
             new = {g.name: options[g.name][0] for g in groups}
         else:
