@@ -474,8 +474,8 @@ def _settle_neighbours(analysis: Analysis, evaluator: Evaluator, rank: dict[str,
     small network: a narrow first layer is memory-bound).  The ``NEIGHBOURS`` most valuable
     ones predicted within ``LATENCY_BAND`` of the goal (those within the settle band first) are
     timed as deployed together with the answer and the single steps measured in the band; when
-    none is predicted that near, the ``NEIGHBOURS`` predicted closest to it (a step toward the
-    goal for the next pass of ``_settle_deployed``).  The
+    none is predicted that near, the ``NEIGHBOURS`` most valuable of the twice as many predicted
+    closest to it (a step toward the goal for the next pass of ``_settle_deployed``).  The
     best plan measured in the band (``_settle_band``: narrower when the machine's state moves
     the plan's latency) wins: the lowest calibration loss when the evaluator has one, the most
     kept importance otherwise.  Otherwise the one closest to the goal wins, if it is closer
@@ -548,8 +548,10 @@ def _settle_neighbours(analysis: Analysis, evaluator: Evaluator, rank: dict[str,
         if abs(predicted / goal - 1) <= LATENCY_BAND:  # wider: a search timing is one draw
             near.append((abs(predicted / goal - 1) > band, -(value + gain(c)), c))
     near = [(-v, c) for _, v, c in sorted(near)[:NEIGHBOURS]]
-    if not near:  # none predicted near the goal: time the closest, a step toward it for a next pass
-        near = [(value + gain(c), c) for _, c in sorted(off)[:NEIGHBOURS]]
+    if not near:  # none predicted near the goal: a step toward it for a next pass, the most
+        # valuable of the closest predictions (a plan taken for being closer must not be a cheap one)
+        closest = [c for _, c in sorted(off)[:2 * NEIGHBOURS]]
+        near = sorted(((value + gain(c), c) for c in closest), reverse=True)[:NEIGHBOURS]
     if near:
         banded = [r for r in single_results if abs(r[1] / goal - 1) <= _settle_band(evaluator, r[0])]
         shortlist = [(r[0], r[2]) for r in banded] + [(make(c), v) for v, c in near]
