@@ -295,6 +295,16 @@ class _CoarseStub(_BiasedStub):
         return 0.2 + 0.5 * w["g0"] / 16 + 0.3 * w["g1"] / 32
 
 
+def _settle_setup(a, stub, widths):
+    """(evaluator, rank, step-8 options, plan, kept value) of ``widths`` on a stub latency."""
+    from prunepass.select.strategies import kept_value, plan_from_widths
+
+    rank = {g.name: np.linspace(1.0, 0.1, g.size) for g in a.prunable_groups}
+    options = {g.name: allowed_widths(g, ChannelConstraint(step=8)) for g in a.prunable_groups}
+    value = sum(kept_value(rank[k], w) for k, w in widths.items())
+    return Evaluator(a, CostModel(a), stub), rank, options, plan_from_widths(a, widths, rank), value
+
+
 def test_settle_reaches_the_band_between_coarse_steps(digits):
     """When every single step of a small network jumps over the band, the settle step tries
     plans two steps away (one group up, another down) and keeps one measured in the band."""
@@ -302,12 +312,8 @@ def test_settle_reaches_the_band_between_coarse_steps(digits):
 
     model, a, _ = digits
     stub = _CoarseStub(a, 1.0)
-    ev = Evaluator(a, CostModel(a), stub)
-    rank = {g.name: np.linspace(1.0, 0.1, g.size) for g in a.prunable_groups}
-    options = {g.name: allowed_widths(g, ChannelConstraint(step=8)) for g in a.prunable_groups}
     widths = {"g0": 8, "g1": 16, "g2": 32, "g3": 32}
-    plan = plan_from_widths(a, widths, rank)
-    value = sum(kept_value(rank[k], w) for k, w in widths.items())
+    ev, rank, options, plan, value = _settle_setup(a, stub, widths)
     goal, history = 0.78, []
     start = stub(plan)
     assert abs(start / goal - 1) > 0.2
@@ -340,12 +346,7 @@ def test_neighbour_passes_walk_to_a_far_band(digits, monkeypatch, passes):
 
     model, a, _ = digits
     stub = _RampStub(a, 1.0)
-    ev = Evaluator(a, CostModel(a), stub)
-    rank = {g.name: np.linspace(1.0, 0.1, g.size) for g in a.prunable_groups}
-    options = {g.name: allowed_widths(g, ChannelConstraint(step=8)) for g in a.prunable_groups}
-    widths = {"g0": 8, "g1": 16, "g2": 8, "g3": 32}
-    plan = strategies.plan_from_widths(a, widths, rank)
-    value = sum(strategies.kept_value(rank[k], w) for k, w in widths.items())
+    ev, rank, options, plan, value = _settle_setup(a, stub, {"g0": 8, "g1": 16, "g2": 8, "g3": 32})
     # isolate the neighbour passes: the widen / narrow step moves nothing
     monkeypatch.setattr(strategies, "_step_latency", lambda analysis, evaluator, rank, options, chosen, *a, **k: chosen)
     monkeypatch.setattr(strategies, "NEIGHBOUR_PASSES", passes)
