@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--latency", action="store_true", help="also measure ORT latency (min / max sub-nets)")
     prof.add_argument("--min-channels", type=int, default=1, help="smallest width a group may take (default 1)")
     prof.add_argument("--step", type=int, default=None, help="width step (default: 1 up to 64 channels, 4 above)")
+    prof.add_argument("--keep", action="append", metavar="PATTERN",
+                      help="never prune the groups this glob matches: a group name (g3), a tag (head_dim: "
+                           "whole heads only) or a module whose outputs they are (fc, layer4.*); repeatable")
     prof.add_argument("--json", action="store_true", help="print JSON")
     prof.set_defaults(func=cmd_profile)
 
@@ -95,6 +98,9 @@ data:
     pr.add_argument("--steps", type=int, default=8, help="calibration batches (default 8)")
     pr.add_argument("--min-channels", type=int, default=1, help="smallest width per group")
     pr.add_argument("--step", type=int, default=None, help="width step (latency targets: 8 is a good choice)")
+    pr.add_argument("--keep", action="append", metavar="PATTERN",
+                    help="never prune the groups this glob matches: a group name (g3), a tag (head_dim: "
+                         "whole heads only) or a module whose outputs they are (fc, layer4.*); repeatable")
     pr.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads for timing")
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--strict", action="store_true", help="fail (exit 4) when the target cannot be met")
@@ -175,7 +181,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def _constraint(args: argparse.Namespace):
     from prunepass.select.constraints import ChannelConstraint
 
-    return ChannelConstraint(absolute_min=args.min_channels, step=args.step)
+    return ChannelConstraint(absolute_min=args.min_channels, step=args.step,
+                             rules={p: None for p in getattr(args, "keep", None) or ()})
 
 
 def cmd_profile(args: argparse.Namespace) -> int:

