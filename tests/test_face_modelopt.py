@@ -89,6 +89,18 @@ def test_profile_stats_match_counted_flops_and_are_ordered(digits, capsys):
     assert capsys.readouterr().out == ""  # verbose=False prints nothing
 
 
+def test_profile_channel_constraint_dict_with_rules(digits):
+    """ModelOpt-style per-layer rules through the dict form: a group kept whole leaves the
+    search space (digits_cnn: the 16-channel first group, g0)."""
+    model, inputs = digits
+    _, stats = profile(model, inputs, verbose=False,
+                       channel_constraint={"step": 8, "rules": {"g0": None, "g3": {"relative_min": 0.5}}})
+    assert stats["number of configurable hparams"] == 3
+    assert stats["search space size"] == 4 * 8 * 5  # g1: 8..32, g2: 8..64, g3: 32..64, step 8
+    with pytest.raises(TypeError, match="must map to a ChannelConstraint"):
+        profile(model, inputs, verbose=False, channel_constraint={"rules": {"g0": 3}})
+
+
 def test_profile_impossible_constraint_strict_and_lenient(resnet):
     model, inputs = resnet
     with pytest.raises(ValueError, match="NOT all constraints"):

@@ -416,6 +416,41 @@ def test_neighbour_passes_walk_to_a_far_band(digits, monkeypatch, passes):
         assert got.widths(a)["g2"] == 40 and deployed == pytest.approx(goal)
 
 
+class _OverheadStub(_BiasedStub):
+    """The digits CNN at batch 1: the search's timings are nearly flat in the widths (within
+    5 % from the narrowest network to the widest), but as deployed a wider network is up to
+    30 % slower."""
+
+    def __call__(self, plan):
+        return 0.9 + 0.04 * self.cost.flops(plan.widths(self.analysis)) / self.cost.flops()
+
+    def deployed_ratios(self, plans):
+        self.deployed_calls += 1
+        return [(0.7 + 0.3 * self.cost.flops(p.widths(self.analysis)) / self.cost.flops()) for p in plans]
+
+
+@pytest.mark.parametrize("deployed", [True, False])
+def test_infeasible_latency_target_picks_the_fastest_as_deployed(digits, deployed):
+    """When no candidate reaches the goal, "as fast as the fastest" is judged on the candidates
+    timed together as deployed: the search's flat timings would let a wider, slower network
+    (more kept importance) win."""
+    from prunepass.select.strategies import _pick_latency_candidate
+
+    model, a, _ = digits
+    stub = _OverheadStub(a, 1.0)
+    if not deployed:
+        stub.deployed_ratios = None  # an oracle that cannot time deployments
+    floor = {g.name: 8 for g in a.prunable_groups}
+    ev, rank, options, plan, value = _settle_setup(a, stub, floor)
+    chosen = (plan, stub(plan), value)
+    got = _pick_latency_candidate(a, ev, rank, options, ChannelConstraint(step=8), chosen, 0.5, 0.03, [], [])
+    widths = {k: got[0].widths(a)[k] for k in floor}
+    if deployed:
+        assert stub.deployed_calls == 1 and widths == floor
+    else:  # the search's timings alone cannot tell: the widest "as fast" one wins
+        assert widths != floor and got[2] > value
+
+
 def test_deployed_estimate_is_midway_between_the_machine_states(digits):
     """A shared VM switches between a quiet state and a busy one (the original ~30 % slower) for
     seconds to minutes; a small model's ratio moves with it.  A plan's estimate is midway between
