@@ -108,8 +108,11 @@ def prune(model: nn.Module, example_inputs: Any, *, data: Iterable | None = None
     ``data`` + ``loss_fn(output, batch)`` give gradient importance (``criterion`` taylor,
     taylor_acc or fisher); without data the magnitude criterion is used.  ``target`` is ``ratio=0.4``,
     ``flops=50%``, ``params=5e6`` or ``latency=60%`` / ``latency=2.5`` (ms, onnxruntime on this
-    machine).  With ``out_dir`` the pruned state dict, plan, ONNX file and report are written
-    there.  The user's model is never modified."""
+    machine).  ``constraint`` (:class:`~prunepass.select.ChannelConstraint`) sets the widths a
+    group may take: minimum channels, a step, and ``rules`` that give matched groups their own
+    constraint or keep them whole (``rules={"layer4.*": None, "head_dim": None}``).  With
+    ``out_dir`` the pruned state dict, plan, ONNX file and report are written there.  The
+    user's model is never modified."""
     t0 = time.perf_counter()
     target = Target.parse(target)
     a = analyze(model, example_inputs, entry_point)

@@ -29,7 +29,9 @@ Differences from the reference product, on purpose:
   given model); pass ``config={"inplace": False}`` to get a pruned copy instead.
 * extra config keys: ``strategy`` (``"fastnas"``, ``"knapsack"``, ``"target"``, ``"optimal"`` or a
   :class:`BaseSearcher` subclass), ``seed``, ``inplace``, ``channel_constraint`` (a
-  :class:`~prunepass.select.constraints.ChannelConstraint` or its keyword dict),
+  :class:`~prunepass.select.constraints.ChannelConstraint` or its keyword dict; its ``rules``
+  play the part of the reference product's per-layer rules: ``{"rules": {"layer4.*": None}}``
+  keeps those groups out of the search space),
   ``max_choices`` (fastnas: widths tried per group for the sensitivity map) and
   ``strategy_kwargs`` (extra keyword arguments for the core selectors).
 * ``BinarySearcher`` accepts several constraints at once (all must hold).
@@ -261,7 +263,8 @@ def profile(model: nn.Module, dummy_input: Any = None, constraints: ConstraintsD
         use_centroid: report the deterministic centroid (every group at its middle choice)
             instead of the median over ``num_samples`` random subnets.  Latency is always
             measured on the deterministic centroid.
-        channel_constraint: the per-group minimum width / step defining the choices.
+        channel_constraint: the per-group minimum width / step defining the choices, and
+            ``rules`` per group (``None``: the group is not searched).
         seed: seed of the random subnets (``use_centroid=False``).
 
     Returns:
