@@ -451,6 +451,47 @@ def test_infeasible_latency_target_picks_the_fastest_as_deployed(digits, deploye
         assert widths != floor and got[2] > value
 
 
+def test_small_space_is_ranked_whole_by_calibration_loss(digits, monkeypatch):
+    """A search space of a few hundred plans is ranked whole by calibration loss (among the
+    plans whose FLOPs put them near the goal); the lowest-loss plans under the goal are timed
+    and returned, the best one first.  The loss here is not additive in the groups (g1 and the
+    narrower of g2 / g3 count together), which is where summed importance misjudges a plan."""
+    import itertools
+
+    import prunepass.select.strategies as strategies
+
+    model, a, _ = digits
+    stub = _StubLatency(a)
+
+    def loss(plan):
+        w = plan.widths(a)
+        return 1.0 / (w["g1"] * min(w["g2"], w["g3"]))
+
+    ev = Evaluator(a, CostModel(a), stub, loss)
+    _, rank, options, plan, _ = _settle_setup(a, stub, {"g0": 16, "g1": 32, "g2": 64, "g3": 64})
+    full = float(ev.cost.flops())
+    half = strategies.plan_from_widths(a, {"g0": 8, "g1": 16, "g2": 32, "g3": 32}, rank)
+    points = [(full, stub(plan)), (float(ev.cost.flops(half.widths(a))), stub(half))]
+    goal = 0.6 * stub(plan)
+    fits = strategies._small_space_candidates(a, ev, rank, options, goal, points, [])
+    every = [strategies.plan_from_widths(a, dict(zip(options, c, strict=True)), rank)
+             for c in itertools.product(*options.values())]
+    best = min((p for p in every if stub(p) <= goal), key=loss)
+    assert 1 <= len(fits) <= strategies.SMALL_SPACE_FITS and all(f[1] <= goal for f in fits)
+    assert loss(fits[0][0]) == loss(best)
+    assert [loss(f[0]) for f in fits] == sorted(set(loss(f[0]) for f in fits))  # ascending, no ties
+    # of the plans with the best loss (g3 wider than g2 changes nothing), the fewest FLOPs
+    flops = [ev.cost.flops(p.widths(a)) for p in every if loss(p) == loss(best)]
+    assert ev.cost.flops(fits[0][0].widths(a)) == min(flops) and len(flops) > 1
+    # the summed-importance MILP's answer at this goal costs more loss
+    milp, _ = knapsack_plan(a, magnitude_scores(model, a), Target.parse("flops=50%"), Evaluator(a), ChannelConstraint(step=8))
+    assert loss(milp) > loss(best)
+    # a larger space, or no loss function: nothing is enumerated
+    assert strategies._small_space_candidates(a, Evaluator(a, CostModel(a), stub), rank, options, goal, points, []) == []
+    monkeypatch.setattr(strategies, "SMALL_SPACE", 100)
+    assert strategies._small_space_candidates(a, ev, rank, options, goal, points, []) == []
+
+
 def test_deployed_estimate_is_midway_between_the_machine_states(digits):
     """A shared VM switches between a quiet state and a busy one (the original ~30 % slower) for
     seconds to minutes; a small model's ratio moves with it.  A plan's estimate is midway between

@@ -53,6 +53,13 @@ NEIGHBOUR_SECONDS = 15.0  # search timings of those plans (a few seconds on a sm
 # passes of that search, each from the plan the last one moved to, while the answer stays out of
 # the band (a small network's plans near the goal can lie three or four steps from the answer)
 NEIGHBOUR_PASSES = 2
+# a search space this small (the digits CNN at width step 8: 512 plans) is ranked whole by
+# calibration loss among the plans whose FLOPs put them near a latency goal, and the best of
+# those are timed: on a small network the loss of a plan is far from additive in its groups
+SMALL_SPACE = 4096
+SMALL_SPACE_WINDOW = (0.75, 1.2)  # FLOPs-predicted latency this many goals wide is ranked
+SMALL_SPACE_FITS = 4  # lowest-loss plans timed under the goal that join the finalists
+SMALL_SPACE_TIMINGS = 24  # at most this many plans are timed
 
 
 @dataclass
@@ -728,6 +735,8 @@ def _pick_latency_candidate(analysis: Analysis, evaluator: Evaluator, rank: dict
         seed = (seed[0], evaluator.remeasure(seed[0]), seed[2])
         if seed[1] <= goal:
             candidates.append(_fill_latency(analysis, evaluator, rank, options, seed, goal, points, history))
+    candidates += _small_space_candidates(analysis, evaluator, rank, options, goal, points, history,
+                                          {k: v for k, v in chosen[0].meta.items() if k in ("strategy", "target")})
     pool = [c for c in candidates if c[1] <= goal]
     if not pool:
         # none fits: "as fast" is decided on the candidates timed together as deployed, in the
@@ -764,6 +773,47 @@ def _pick_latency_candidate(analysis: Analysis, evaluator: Evaluator, rank: dict
                 return grown
         return best
     return max(in_band or pool, key=lambda c: c[2])
+
+
+def _small_space_candidates(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.ndarray],
+                            options: dict[str, list[int]], goal: float, points: list[tuple[float, float]],
+                            history: list[dict[str, float]], meta: dict[str, Any] | None = None
+                            ) -> list[tuple[Plan, float, float]]:
+    """When the whole search space has at most ``SMALL_SPACE`` plans and the evaluator has a
+    calibration loss: the plans whose latency, predicted from FLOPs by the measurements so far,
+    lies within ``SMALL_SPACE_WINDOW`` of the goal, in order of calibration loss, are timed until
+    ``SMALL_SPACE_FITS`` of them fit under the goal (at most ``SMALL_SPACE_TIMINGS`` timings;
+    of plans with equal losses only the one with the fewest FLOPs).
+    Returns those that fit, ``(plan, latency, kept importance)``.  The knapsack adds importance
+    up group by group; on a small network that misjudges what a plan costs (the digits CNN at
+    50 %: (8, 24, 32, 40) has a fifth of the calibration loss of the MILP's (16, 8, 64, 32))."""
+    if not evaluator.has_loss or not options or math.prod(len(o) for o in options.values()) > SMALL_SPACE:
+        return []
+    names = list(options)
+    cost = evaluator.cost
+    lo = _latency_budget(points, goal * SMALL_SPACE_WINDOW[0], float(cost.flops()))
+    hi = _latency_budget(points, goal * SMALL_SPACE_WINDOW[1], float(cost.flops()))
+    near = [dict(zip(names, combo, strict=True)) for combo in itertools.product(*options.values())]
+    near = [w for w in near if lo <= float(cost.flops(w)) <= hi]
+    plans = [(evaluator.loss(p), float(cost.flops(w)), p)
+             for w in near for p in [plan_from_widths(analysis, w, rank, **(meta or {}))]]
+    # equal losses (channels whose removal changes nothing, dead ones): the fewest FLOPs stands
+    # for them all, and the others are not timed
+    ranked, seen = [], set()
+    for loss, _, plan in sorted(plans, key=lambda t: t[:2]):
+        if loss not in seen:
+            seen.add(loss)
+            ranked.append(plan)
+    fits: list[tuple[Plan, float, float]] = []
+    for plan in ranked[:SMALL_SPACE_TIMINGS]:
+        latency = evaluator.value("latency", plan)
+        value = sum(kept_value(rank[k], w) for k, w in plan.widths(analysis).items() if k in rank)
+        history.append({"value": latency, "score": value, "small_space": 1.0})
+        if latency <= goal:
+            fits.append((plan, evaluator.remeasure(plan), value))  # the others were re-timed too
+            if len(fits) >= SMALL_SPACE_FITS:
+                break
+    return fits
 
 
 def _latency_budget(points: list[tuple[float, float]], goal: float, max_flops: float) -> float:
