@@ -492,6 +492,37 @@ def test_small_space_is_ranked_whole_by_calibration_loss(digits, monkeypatch):
     assert strategies._small_space_candidates(a, ev, rank, options, goal, points, []) == []
 
 
+class _OverStub(_BiasedStub):
+    """The digits CNN where g2 costs 0.05 and g3 0.01 per 8 channels (g0, g1 nothing)."""
+
+    def __call__(self, plan):
+        w = plan.widths(self.analysis)
+        return 0.2 + 0.05 * (w["g2"] / 8 - 1) + 0.01 * (w["g3"] / 8 - 1)
+
+
+@pytest.mark.parametrize("over", [0.045, 0.015])
+def test_an_answer_over_the_goal_gives_way_to_a_costlier_plan_in_the_band(digits, over):
+    """An answer inside the 7 % band keeps its accuracy: a neighbour nearer the goal may replace
+    it only at most LOSS_SLACK worse.  Over the goal by more than the settle band (4.5 %) the
+    target comes first: the neighbour one g3 step narrower (+1.8 %, 12.5 % more loss) wins.
+    Within the settle band (1.5 % over) the answer stays."""
+    from prunepass.select.strategies import _settle_neighbours
+
+    model, a, _ = digits
+    stub = _OverStub(a, 1.0)
+    widths = {"g0": 8, "g1": 16, "g2": 32, "g3": 32}
+    _, rank, options, plan, value = _settle_setup(a, stub, widths)
+    ev = Evaluator(a, CostModel(a), stub, lambda p: 1.0 + (64 - p.widths(a)["g3"]) / 32)
+    start = stub(plan)  # 0.38
+    goal = start / (1 + over)
+    got, deployed, _ = _settle_neighbours(a, ev, rank, options, (plan, start, value), start, goal, [])
+    if over > 0.025:
+        assert got.widths(a)["g3"] == 24 and deployed == pytest.approx(0.37)
+        assert ev.loss(got) > 1.05 * ev.loss(plan)
+    else:
+        assert got.widths(a)["g3"] == 32 and got.widths(a)["g2"] == 32 and deployed == pytest.approx(start)
+
+
 def test_deployed_estimate_is_midway_between_the_machine_states(digits):
     """A shared VM switches between a quiet state and a busy one (the original ~30 % slower) for
     seconds to minutes; a small model's ratio moves with it.  A plan's estimate is midway between
