@@ -29,7 +29,7 @@ from prunepass.importance import (
 )
 from prunepass.plan import Plan
 from prunepass.rewrite import apply_plan
-from prunepass.select.constraints import ChannelConstraint, unmatched_rules
+from prunepass.select.constraints import ChannelConstraint, warn_unmatched_rules
 from prunepass.select.strategies import (
     SearchReport,
     evolutionary_plan,
@@ -72,10 +72,7 @@ def select_plan(analysis: Analysis, scores: Scores, target: Target, *, strategy:
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
     evaluator = evaluator or Evaluator(analysis)
-    unmatched = unmatched_rules(analysis.prunable_groups, constraint)
-    if unmatched:
-        warnings.warn(f"channel rules {unmatched} match no prunable group (patterns match a group's name, tag "
-                      "or the name of a module holding its members: see `prunepass inspect`)", stacklevel=3)
+    warn_unmatched_rules(analysis.prunable_groups, constraint, stacklevel=3)
     if target.metric == "latency" and (constraint is None or constraint.step is None):
         # odd channel counts run slower than round ones in onnxruntime's CPU kernels (a pruned
         # network can end up slower than the original): latency targets use multiples of 8

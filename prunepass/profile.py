@@ -8,7 +8,7 @@ from typing import Any
 from prunepass.analysis import Analysis
 from prunepass.costs import CostModel
 from prunepass.plan import Plan
-from prunepass.select.constraints import ChannelConstraint, allowed_widths
+from prunepass.select.constraints import ChannelConstraint, allowed_widths, warn_unmatched_rules
 
 
 def subnet_widths(a: Analysis, constraint: ChannelConstraint | None = None) -> dict[str, dict[str, int]]:
@@ -23,6 +23,7 @@ def subnet_widths(a: Analysis, constraint: ChannelConstraint | None = None) -> d
 def profile_analysis(a: Analysis, constraint: ChannelConstraint | None = None, *, latency: bool = False,
                      cost: CostModel | None = None) -> dict[str, Any]:
     cost = cost or CostModel(a)
+    warn_unmatched_rules(a.prunable_groups, constraint, stacklevel=2)
     subnets = subnet_widths(a, constraint)
     choices = [len(allowed_widths(g, constraint)) for g in a.prunable_groups]
     stats: dict[str, Any] = {

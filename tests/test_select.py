@@ -169,6 +169,11 @@ def test_channel_rules_matching_nothing_warn(resnet):
     with pytest.warns(UserWarning, match=r"\['layer9.\*'\] match no prunable group"):
         plan, _ = select_plan(a, s, Target.parse("ratio=0.5"), constraint=c)
     assert plan.widths(a)["g0"] == a.group("g0").size
+    from prunepass.profile import profile_analysis
+
+    with pytest.warns(UserWarning, match=r"\['layer9.\*'\] match no prunable group"):
+        stats = profile_analysis(a, c)
+    assert stats["configurable"] == len(a.prunable_groups) - 1
 
 
 def test_head_dim_rule_removes_whole_heads_only():

@@ -4,6 +4,7 @@ that give some groups their own constraint or keep them whole."""
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -96,6 +97,15 @@ def unmatched_rules(groups: list[Group], constraint: ChannelConstraint | None) -
         return []
     hit = {p for g in groups for p in constraint.matching_rules(g)}
     return [p for p, _ in constraint.rules if p not in hit]
+
+
+def warn_unmatched_rules(groups: list[Group], constraint: ChannelConstraint | None, stacklevel: int = 2) -> None:
+    """Warn about rules that match none of ``groups`` (``stacklevel`` as for ``warnings.warn``,
+    counted from the caller)."""
+    unmatched = unmatched_rules(groups, constraint)
+    if unmatched:
+        warnings.warn(f"channel rules {unmatched} match no prunable group (a pattern matches a group's name, a "
+                      "tag or a module whose outputs the group is: see `prunepass inspect`)", stacklevel=stacklevel + 1)
 
 
 def allowed_widths(group: Group, constraint: ChannelConstraint | None = None) -> list[int]:
