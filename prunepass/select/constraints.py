@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -23,9 +23,9 @@ class ChannelConstraint:
     ``rules`` maps glob patterns to the constraint of the groups they match, or to ``None`` to
     keep those groups whole.  A pattern matches a group by its name (``g3``), one of its tags
     (``heads``, ``head_dim``, ``depthwise``) or the name of a module whose own channels they are
-    (its outputs, or a norm's: ``fc``, ``layer4.*``; a module that only reads them does not
-    match); the last matching rule wins, and a rule's
-    ``step=None`` takes this constraint's step.  For example
+    (its outputs, or a norm's: ``conv1``, ``layer4.*``; a module that only reads them does not
+    match).  The last matching rule wins, and a rule's ``step=None`` takes this constraint's
+    step.  For example
     ``ChannelConstraint(step=8, rules={"classifier*": None, "head_dim": None})`` never prunes
     the groups of the classifier and removes attention heads only whole (no head narrower)::
 
@@ -36,7 +36,7 @@ class ChannelConstraint:
     absolute_min: int = 1
     relative_min: float = 0.0
     step: int | None = None
-    rules: Mapping[str, ChannelConstraint | None] | tuple = field(default=(), compare=True)
+    rules: Mapping[str, ChannelConstraint | None] | tuple = ()
 
     def __post_init__(self) -> None:
         items = self.rules.items() if isinstance(self.rules, Mapping) else self.rules

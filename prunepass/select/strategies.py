@@ -56,7 +56,7 @@ NEIGHBOUR_PASSES = 2
 # a search space this small (the digits CNN at width step 8: 512 plans) is ranked whole by
 # calibration loss among the plans whose FLOPs put them near a latency goal, and the best of
 # those are timed: on a small network the loss of a plan is far from additive in its groups
-SMALL_SPACE = 4096
+SMALL_SPACE = 1024  # (each plan in the window costs one calibration-loss evaluation)
 SMALL_SPACE_WINDOW = (0.75, 1.2)  # FLOPs-predicted latency this many goals wide is ranked
 SMALL_SPACE_FITS = 4  # lowest-loss plans timed under the goal that join the finalists
 SMALL_SPACE_TIMINGS = 24  # at most this many plans are timed
@@ -812,7 +812,7 @@ def _small_space_candidates(analysis: Analysis, evaluator: Evaluator, rank: dict
         value = sum(kept_value(rank[k], w) for k, w in plan.widths(analysis).items() if k in rank)
         history.append({"value": latency, "score": value, "small_space": 1.0})
         if latency <= goal:
-            fits.append((plan, evaluator.remeasure(plan), value))  # the others were re-timed too
+            fits.append((plan, evaluator.remeasure(plan), value))  # more runs, as the other finalists had
             if len(fits) >= SMALL_SPACE_FITS:
                 break
     return fits
