@@ -797,19 +797,19 @@ def _small_space_candidates(analysis: Analysis, evaluator: Evaluator, rank: dict
     hi = _latency_budget(points, goal * SMALL_SPACE_WINDOW[1], float(cost.flops()))
     near = [dict(zip(names, combo, strict=True)) for combo in itertools.product(*options.values())]
     near = [w for w in near if lo <= float(cost.flops(w)) <= hi]
-    plans = [(evaluator.loss(p), float(cost.flops(w)), p)
+    plans = [(evaluator.loss(p), float(cost.flops(w)), w, p)
              for w in near for p in [plan_from_widths(analysis, w, rank, **(meta or {}))]]
     # equal losses (channels whose removal changes nothing, dead ones): the fewest FLOPs stands
     # for them all, and the others are not timed
     ranked, seen = [], set()
-    for loss, _, plan in sorted(plans, key=lambda t: t[:2]):
+    for loss, _, widths, plan in sorted(plans, key=lambda t: t[:2]):
         if loss not in seen:
             seen.add(loss)
-            ranked.append(plan)
+            ranked.append((widths, plan))
     fits: list[tuple[Plan, float, float]] = []
-    for plan in ranked[:SMALL_SPACE_TIMINGS]:
+    for widths, plan in ranked[:SMALL_SPACE_TIMINGS]:
         latency = evaluator.value("latency", plan)
-        value = sum(kept_value(rank[k], w) for k, w in plan.widths(analysis).items() if k in rank)
+        value = sum(kept_value(rank[k], w) for k, w in widths.items())
         history.append({"value": latency, "score": value, "small_space": 1.0})
         if latency <= goal:
             fits.append((plan, evaluator.remeasure(plan), value))  # more runs, as the other finalists had
