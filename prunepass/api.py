@@ -30,6 +30,7 @@ from prunepass.importance import (
 from prunepass.plan import Plan
 from prunepass.rewrite import apply_plan
 from prunepass.select.constraints import ChannelConstraint, warn_unmatched_rules
+from prunepass.select.recheck import needs_recheck, recheck_latency
 from prunepass.select.strategies import (
     SearchReport,
     evolutionary_plan,
@@ -128,15 +129,21 @@ def prune(model: nn.Module, example_inputs: Any, *, data: Iterable | None = None
     evaluator = Evaluator(a, CostModel(a), oracle, plan_loss)
     plan, search = select_plan(a, scores, target, strategy=strategy, constraint=constraint, evaluator=evaluator,
                                strict=strict, seed=seed, n_search_steps=n_search_steps, checkpoint=checkpoint)
-    pruned = apply_plan(model, a, plan, inplace=False)
-    if finetune_bn_steps and data is not None:
-        finetune_bn(pruned, data, steps=finetune_bn_steps, entry_point=entry_point, show_progress=show_progress,
-                    **{k: v for k, v in sample_fns.items() if k == "sample_to_model_inputs"})
-    report = build_report(a, plan, evaluator.cost, target, search, strategy, scores.criterion)
-    result = PruneResult(pruned, plan, a, report, None, search, scores)
+
+    def finish(plan: Plan) -> PruneResult:
+        pruned = apply_plan(model, a, plan, inplace=False)
+        if finetune_bn_steps and data is not None:
+            finetune_bn(pruned, data, steps=finetune_bn_steps, entry_point=entry_point, show_progress=show_progress,
+                        **{k: v for k, v in sample_fns.items() if k == "sample_to_model_inputs"})
+        report = build_report(a, plan, evaluator.cost, target, search, strategy, scores.criterion)
+        return PruneResult(pruned, plan, a, report, None, search, scores)
+
+    result = finish(plan)
     if measure or out_dir is not None:
-        _emit_and_measure(result, model, out_dir, threads, measure)
-    report["seconds"] = round(time.perf_counter() - t0, 2)
+        base_proto = _emit_and_measure(result, model, out_dir, threads, measure)
+        if measure:
+            result = _recheck(result, finish, evaluator, model, out_dir, threads, base_proto)
+    result.report["seconds"] = round(time.perf_counter() - t0, 2)
     if out_dir is not None:
         write_outputs(result, Path(out_dir))
     return result
@@ -201,7 +208,10 @@ def final_rounds(original_proto: Any, pruned_proto: Any, args: tuple, kwargs: di
 
 
 def _emit_and_measure(result: PruneResult, original: nn.Module, out_dir: str | Path | None, threads: int,
-                      measure: bool) -> None:
+                      measure: bool, base_proto: Any = None) -> Any:
+    """Export the pruned model (to ``out_dir/model.onnx`` when given) and, with ``measure``, time
+    it against the original's export (``base_proto``, exported here when None) into
+    ``report["latency"]``.  Returns the original's export (None without ``measure``)."""
     from prunepass.onnx_backend import export_onnx
 
     a = result.analysis
@@ -211,9 +221,9 @@ def _emit_and_measure(result: PruneResult, original: nn.Module, out_dir: str | P
     proto = export_onnx(target, args, kwargs, path)
     result.onnx_path = path
     if not measure:
-        return
-    base_target = _entry_module(original, a.captured.entry_point)
-    base_proto = export_onnx(base_target, args, kwargs, verify=False)
+        return None
+    if base_proto is None:
+        base_proto = export_onnx(_entry_module(original, a.captured.entry_point), args, kwargs, verify=False)
     rounds: dict[str, list[Any]] = {"original": [], "pruned": []}
     for o, p in final_rounds(base_proto, proto, args, kwargs, threads):
         rounds["original"].append(o)
@@ -238,6 +248,48 @@ def _emit_and_measure(result: PruneResult, original: nn.Module, out_dir: str | P
         achieved = lat["ratio"] / (s.goal / s.base) if relative else lat["pruned"]["median_ms"] / s.goal
         lat["within_7pct"] = abs(achieved - 1.0) <= 0.07
     result.report["latency"] = lat
+    return base_proto
+
+
+def _recheck(result: PruneResult, finish: Callable[[Plan], PruneResult], evaluator: Evaluator,
+             original: nn.Module, out_dir: str | Path | None, threads: int, base_proto: Any) -> PruneResult:
+    """When the final measurement lands more than ``RECHECK_BAND`` off a relative latency goal,
+    re-time the plans near the goal in the machine's present state (:func:`recheck_latency`)
+    and, if another one holds the band better, build, export and measure it too; the one whose
+    final measurement is nearer the goal is returned.  ``report["latency"]["recheck"]`` says
+    what was timed and which plan was kept."""
+    lat, s = result.report.get("latency") or {}, result.search
+    if s is None or not s.target.startswith("latency") or not s.target.endswith("%") or "ratio" not in lat:
+        return result
+    goal = s.goal / s.base
+    if not needs_recheck(lat["ratio"], goal):
+        return result
+    done = recheck_latency(evaluator, result.plan, lat["ratio"], goal)
+    if done is None:
+        return result
+    plan, info = done
+    record = info.to_dict()
+    a = result.analysis
+    if plan.widths(a) == result.plan.widths(a):
+        lat["recheck"] = {**record, "kept": "answer"}
+        return result
+    alt = finish(plan)
+    _emit_and_measure(alt, original, None, threads, True, base_proto)
+    first, second = lat["ratio"], alt.report["latency"]["ratio"]
+    log.info("re-check: %s measured %.3f (goal %.3f) against the answer's %.3f",
+             list(info.picked or ()), second, goal, first)
+    record.update(first_ratio=first, second_ratio=second)
+    if abs(second / goal - 1) >= abs(first / goal - 1):
+        lat["recheck"] = {**record, "kept": "answer"}
+        return result
+    alt_lat = alt.report["latency"]
+    alt_lat["recheck"] = {**record, "kept": "replacement", "replaced": [g["kept"] for g in result.report["groups"]]}
+    row = next((r for r in info.rows if r.widths == info.picked), None)
+    if row is not None:  # the search-time estimate of this plan, not of the search's answer
+        alt_lat["predicted_ms"] = row.estimate * alt_lat["original"]["median_ms"]
+    if out_dir is not None:
+        _emit_and_measure(alt, original, out_dir, threads, False)
+    return alt
 
 
 def _entry_module(model: nn.Module, entry_point: str) -> nn.Module:

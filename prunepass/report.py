@@ -104,6 +104,11 @@ def write_markdown(report: dict[str, Any], out: Path) -> Path:
         lines += ["", f"Latency: the search measured {lat['predicted_ms']:.3f} ms for its answer (fast ONNX "
                       f"path); the final end-to-end measurement is {lat['pruned']['median_ms']:.3f} ms "
                       f"(target {lat['goal_ms']:.3f} ms)."]
+    check = lat.get("recheck")
+    if check:
+        lines += ["", f"Re-check: the first final measurement was {check['measured']:.3f} of the original's latency "
+                      f"(goal {check['goal']:.3f}); {len(check['rows'])} plans near the goal were re-timed in the "
+                      f"machine's present state and the {check['kept']} was kept."]
     lines += ["", "| group | channels | kept | tags | modules |", "| --- | ---: | ---: | --- | --- |"]
     for g in report["groups"]:
         lines.append(f"| {g['name']} | {g['size']} | {g['kept']} | {','.join(g['tags'])} | {', '.join(g['modules'])} |")

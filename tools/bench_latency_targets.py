@@ -33,16 +33,21 @@ def with_batch(inputs: tuple, batch: int) -> tuple:
     return tuple({k: grow(v) for k, v in x.items()} if isinstance(x, dict) else grow(x) for x in inputs)
 
 
-def remeasure(result, original, times: int, threads: int) -> list[float]:
+def remeasure(result, original, times: int, threads: int) -> list[tuple[float, float]]:
     """``times`` more measurements of the shipped pruned model against the original, each the
-    way prune() measures (``prunepass.api.final_rounds``; median of per-round ratios)."""
+    way prune() measures (``prunepass.api.final_rounds``; median of per-round ratios), with the
+    original's median ms in each (the machine's state)."""
     from prunepass.api import final_rounds
     from prunepass.onnx_backend import export_onnx
 
     args, kwargs = result.analysis.captured.args, result.analysis.captured.kwargs
     protos = [export_onnx(m, args, kwargs, verify=False) for m in (original, result.model)]
-    return [statistics.median(p.median / o.median for o, p in final_rounds(*protos, args, kwargs, threads))
-            for _ in range(times)]
+    out = []
+    for _ in range(times):
+        rounds = final_rounds(*protos, args, kwargs, threads)
+        out.append((statistics.median(p.median / o.median for o, p in rounds),
+                    statistics.median(o.median for o, _ in rounds)))
+    return out
 
 
 def run_one(name: str, percent: float, threads: int, strategy: str, batch: int | None, times: int) -> dict:
@@ -54,7 +59,12 @@ def run_one(name: str, percent: float, threads: int, strategy: str, batch: int |
               threads=threads, sample_to_model_inputs=first_of)
     lat = r.report["latency"]
     said = lat["ratio"]  # median of per-round ratios, original and pruned timed interleaved
-    every = [said, *remeasure(r, model, times, threads)] if times else [said]
+    again = remeasure(r, model, times, threads) if times else []
+    every = [said, *(x for x, _ in again)]
+    # the original's median ms at each measurement: the machine's state (0.86 ms quiet on the
+    # digits CNN at batch 64; 1.2-1.8 ms in busy spells)
+    states = [lat["original"]["median_ms"], *(ms for _, ms in again)]
+    check = lat.get("recheck")
     ratio = statistics.median(every)
     search = r.search
     return {"model": name + (f"(b{batch})" if batch else ""), "target": percent / 100, "achieved": ratio,
@@ -63,7 +73,8 @@ def run_one(name: str, percent: float, threads: int, strategy: str, batch: int |
             "met": r.report["met"],
             "original_ms": lat["original"]["median_ms"], "pruned_ms": lat["pruned"]["median_ms"],
             "error": ratio / (percent / 100) - 1, "never_slower": max(every) <= 1.0,
-            "measurements": every,
+            "measurements": every, "original_ms_each": states,
+            "recheck": check["kept"] if check else "-", "recheck_detail": check,
             "flops_ratio": r.report["flops"]["pruned"] / r.report["flops"]["original"]}
 
 
@@ -85,7 +96,7 @@ def main() -> None:
     print(f"cpus={os.cpu_count()} torch={torch.__version__} target={args.target}% threads={args.threads}")
     print(f"{'model':14s} {'orig ms':>8s} {'pruned ms':>9s} {'re-timed':>8s} {'target':>6s} {'error':>7s} "
           f"{'within 7%':>9s} {'not slower':>10s} {'FLOPs ratio':>11s} {'prune said':>10s} {'search said':>11s} "
-          f"{'met':>5s}")
+          f"{'met':>5s} {'re-check':>11s}  ratio@original ms per measurement")
     for name in args.models.split(","):
         try:
             row = run_one(name, args.target, args.threads, args.strategy, args.batch, args.remeasure)
@@ -96,7 +107,15 @@ def main() -> None:
         print(f"{row['model']:14s} {row['original_ms']:8.3f} {row['pruned_ms']:9.3f} {row['achieved']:8.3f} "
               f"{row['target']:6.2f} {100 * row['error']:+6.1f}% {str(abs(row['error']) <= 0.07):>9s} "
               f"{str(row['never_slower']):>10s} {row['flops_ratio']:11.3f} {row['prune_said']:10.3f} "
-              f"{row['search_ratio']:11.3f} {str(row['met']):>5s}", flush=True)
+              f"{row['search_ratio']:11.3f} {str(row['met']):>5s} {row['recheck']:>11s}  "
+              + " ".join(f"{x:.3f}@{ms:.2f}" for x, ms in zip(row['measurements'], row['original_ms_each'], strict=True)),
+              flush=True)
+        check = row["recheck_detail"]
+        if check:  # what prune()'s re-check timed (search estimate -> ratio now, per plan)
+            print(f"{'':14s} re-check at {check['measured']:.3f}: "
+                  + ", ".join(f"{','.join(map(str, r['widths']))} {r['estimate']:.3f}->{r['now']:.3f}"
+                              for r in check["rows"])
+                  + f"; second {check.get('second_ratio', float('nan')):.3f}, kept {check['kept']}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -1,0 +1,131 @@
+"""The last step of a latency-targeted ``prune()``: when the final measurement of the shipped
+model lands well off a relative latency goal, re-time the plans near the goal in the machine's
+state of the moment, and pick one that holds the band both there and in the search's estimate.
+
+Why it is needed: on a shared VM a small model's latency *ratio* moves with the machine's state,
+and not by the same amount for every plan.  The digits CNN at batch 64, target 40 %: a plan with
+a 16-channel first layer measures 0.40 in a quiet state and 0.35 when the original runs twice as
+slowly, while a plan with an 8-channel first layer stays within a few percent of 0.40 in both.
+The search aims each plan midway between the states it saw; a state it did not see can still move
+its answer out of the band.  The final check sees that state, so it is the moment to choose
+among the plans already exported the one whose ratio the state moves least."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from prunepass.plan import Plan
+from prunepass.select.targets import Evaluator
+
+log = logging.getLogger(__name__)
+
+RECHECK_BAND = 0.05  # a final measurement this far off a relative latency goal is re-checked
+RECHECK_NOW_BAND = 0.04  # a replacement measures this close to the goal in the present state
+RECHECK_EST_BAND = 0.07  # ... and its search-time estimate is within the promised band
+RECHECK_POOL = 12  # plans timed as deployed during the search, nearest the goal, that are re-timed
+RECHECK_GAIN = 0.01  # otherwise a plan replaces the answer only if its worst miss is this much smaller
+
+
+@dataclass
+class RecheckRow:
+    """One plan of the re-check: its search-time deployed estimate and its ratio now (both as
+    fractions of the original's latency, on the final measurement's scale)."""
+
+    widths: tuple
+    estimate: float
+    now: float
+    loss: float | None = None
+
+    def worst(self, goal: float) -> float:
+        return max(abs(self.estimate / goal - 1), abs(self.now / goal - 1))
+
+
+@dataclass
+class Recheck:
+    """What the re-check did: the final measurement that triggered it, the rows it timed and the
+    plan it picked (the answer's own widths when none was better)."""
+
+    goal: float
+    measured: float
+    rows: list[RecheckRow] = field(default_factory=list)
+    picked: tuple | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"goal": self.goal, "measured": self.measured, "picked": list(self.picked or ()),
+                "seconds": round(self.seconds, 2),
+                "rows": [{"widths": list(r.widths), "estimate": round(r.estimate, 4), "now": round(r.now, 4),
+                          **({"loss": round(r.loss, 5)} if r.loss is not None else {})} for r in self.rows]}
+
+
+def needs_recheck(measured: float, goal: float) -> bool:
+    """True when a measured latency ratio is more than ``RECHECK_BAND`` off the goal ratio."""
+    return abs(measured / goal - 1) > RECHECK_BAND
+
+
+def pick(rows: list[RecheckRow], answer: RecheckRow, goal: float,
+         loss: Callable[[RecheckRow], float] | None = None) -> RecheckRow:
+    """The plan to ship among ``rows`` (the answer among them).
+
+    The answer stays when it is within ``RECHECK_NOW_BAND`` of the goal in both states (the
+    state that moved it has passed).  Otherwise a plan that measures within ``RECHECK_NOW_BAND``
+    of the goal now *and* whose search-time estimate was within ``RECHECK_EST_BAND`` holds the
+    band in both states seen: of those, the ones within ``RECHECK_NOW_BAND`` in both come first,
+    then the lowest ``loss`` (calibration loss; without one the smallest worst miss).  When no
+    plan holds both, the one with the smallest worst miss over the two states wins, if that is
+    at least ``RECHECK_GAIN`` smaller than the answer's.  A plan at or above the original's
+    latency in either state never wins."""
+    if answer.worst(goal) <= RECHECK_NOW_BAND:
+        return answer
+    usable = [r for r in rows if r.now < 1.0 and r.estimate < 1.0]
+    both = [r for r in usable
+            if abs(r.now / goal - 1) <= RECHECK_NOW_BAND and abs(r.estimate / goal - 1) <= RECHECK_EST_BAND]
+    if both:
+        return min(both, key=lambda r: (r.worst(goal) > RECHECK_NOW_BAND, loss(r) if loss else 0.0, r.worst(goal)))
+    best = min(usable, key=lambda r: r.worst(goal), default=None)
+    if best is not None and best.worst(goal) < answer.worst(goal) - RECHECK_GAIN:
+        return best
+    return answer
+
+
+def recheck_latency(evaluator: Evaluator, plan: Plan, measured: float, goal: float) -> tuple[Plan, Recheck] | None:
+    """Re-time ``plan`` and up to ``RECHECK_POOL`` other plans the search timed, those whose
+    estimate lies nearest ``goal``, as deployed and in the machine's present state, and pick
+    (:func:`pick`).  A plan timed as deployed during the search is estimated by
+    ``LatencyOracle.deployed_estimate``; one timed only on the search's fast path by that timing
+    times the answer's deployed / fast bias.  ``measured`` is the final measurement's ratio of
+    ``plan`` that called for the re-check; it is only reported: the state may have moved again
+    since, and the plans are compared on timings taken together.  Returns ``(plan to ship, what
+    was done)``, or None when the evaluator's oracle keeps no deployed timings (a stand-in
+    oracle, or a search that never timed a deployment)."""
+    oracle = evaluator.latency
+    rounds = getattr(oracle, "deployed_rounds", None)
+    plans = dict(getattr(oracle, "deployed_plans", None) or {})
+    key = oracle._key(plan) if hasattr(oracle, "_key") else None
+    if not rounds or not plans or key not in rounds:
+        return None
+    t0 = time.perf_counter()
+    estimate = {k: oracle.deployed_estimate(p) for k, p in plans.items()}
+    fast = getattr(oracle, "cache", {})
+    if key in fast and fast[key] > 0:
+        bias = estimate[key] / fast[key]  # search timings are on the scale of base("latency")
+        for k, p in getattr(oracle, "plans", {}).items():
+            if k not in estimate and fast[k] > 0:
+                plans[k], estimate[k] = p, fast[k] * bias
+    near = sorted((k for k in plans if k != key), key=lambda k: abs(estimate[k] / goal - 1))[:RECHECK_POOL]
+    keys = [key, *near]
+    seen = {k: len(rounds.get(k, ())) for k in keys}
+    log.info("final measurement %.3f of the original's latency, goal %.3f: re-timing %d plans in the "
+             "machine's present state", measured, goal, len(keys))
+    oracle.deployed_ratios([plans[k] for k in keys])
+    now = {k: statistics.median(r for _, r in rounds[k][seen[k]:]) for k in keys}
+    rows = [RecheckRow(k, estimate[k], now[k], evaluator.loss(plans[k]) if evaluator.has_loss else None)
+            for k in keys]
+    chosen = pick(rows, rows[0], goal, (lambda r: r.loss) if evaluator.has_loss else None)
+    done = Recheck(goal, measured, rows, chosen.widths, time.perf_counter() - t0)
+    return plans[chosen.widths], done

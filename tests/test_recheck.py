@@ -1,0 +1,181 @@
+"""prune()'s re-check: a final measurement well off a relative latency goal re-times the plans
+near the goal in the machine's present state and ships the one the state moves least."""
+
+from __future__ import annotations
+
+import pytest
+
+import models
+import prunepass.api as api
+from prunepass import analyze
+from prunepass.costs import CostModel
+from prunepass.plan import Plan
+from prunepass.select.recheck import RECHECK_BAND, Recheck, RecheckRow, needs_recheck, pick, recheck_latency
+from prunepass.select.strategies import SearchReport, plan_from_widths
+from prunepass.select.targets import Evaluator, LatencyOracle
+
+GOAL = 0.40
+
+
+def row(widths, estimate, now, loss=None):
+    return RecheckRow(tuple(widths), estimate, now, loss)
+
+
+def test_needs_recheck_only_outside_the_band():
+    assert not needs_recheck(GOAL * (1 + 0.9 * RECHECK_BAND), GOAL)
+    assert not needs_recheck(GOAL * (1 - 0.9 * RECHECK_BAND), GOAL)
+    assert needs_recheck(GOAL * (1 + 1.1 * RECHECK_BAND), GOAL)
+    assert needs_recheck(GOAL * 0.88, GOAL)
+
+
+def test_pick_prefers_a_plan_in_band_in_both_states_over_a_lower_loss_one():
+    """The answer measured 12 % under the goal now; a lower-loss plan is in band now but was 10 %
+    over in the search's estimate (the state moves it a lot); a flat plan is in band in both."""
+    answer = row((16, 8, 32, 48), 0.40, 0.352, loss=0.05)
+    swinging = row((16, 16, 32, 48), 0.44, 0.395, loss=0.04)
+    flat = row((8, 24, 16, 40), 0.405, 0.398, loss=0.06)
+    flat_worse = row((8, 24, 24, 40), 0.415, 0.41, loss=0.07)
+    losses = {r.widths: r.loss for r in (answer, swinging, flat, flat_worse)}
+    got = pick([answer, swinging, flat, flat_worse], answer, GOAL, lambda r: losses[r.widths])
+    assert got is flat
+    # without a loss the smallest worst miss over the two states wins
+    assert pick([answer, swinging, flat_worse, flat], answer, GOAL) is flat
+
+
+def test_pick_keeps_an_answer_that_holds_the_band_again():
+    """The state that moved the answer has passed: it measures near the goal in both again."""
+    answer = row((16, 8, 32, 48), 0.40, 0.41, loss=0.05)
+    better_loss = row((16, 16, 32, 48), 0.395, 0.40, loss=0.01)
+    assert pick([answer, better_loss], answer, GOAL, lambda r: r.loss) is answer
+
+
+def test_pick_without_a_plan_in_both_bands_takes_the_smallest_worst_miss():
+    answer = row((16, 8, 32, 48), 0.40, 0.35)  # worst miss 12.5 %
+    middle = row((16, 16, 32, 48), 0.43, 0.375)  # 7.5 % / 6.25 %: worst 7.5 %
+    far = row((24, 16, 32, 48), 0.47, 0.41)  # 17.5 %
+    assert pick([answer, far, middle], answer, GOAL) is middle
+    # a gain smaller than RECHECK_GAIN does not move the answer
+    barely = row((16, 16, 32, 48), 0.45, 0.40)  # worst 12.5 %: no better
+    assert pick([answer, barely], answer, GOAL) is answer
+
+
+def test_pick_never_ships_a_plan_slower_than_the_original():
+    goal = 0.97
+    answer = row((8,), 0.97, 0.85)
+    slower = row((16,), 0.99, 1.01)  # in band by the numbers, but slower than the original now
+    assert pick([answer, slower], answer, goal) is answer
+
+
+@pytest.fixture(scope="module")
+def digits():
+    model, inputs = models.get("digits_cnn")
+    return model, analyze(model, inputs)
+
+
+class _StateOracle(LatencyOracle):
+    """A LatencyOracle whose deployed timings come from a table of ratios per plan and the
+    machine's present state (no onnxruntime): ``state`` picks the column."""
+
+    def __init__(self, analysis, table):
+        super().__init__(analysis)
+        self.table, self.state = table, "quiet"
+
+    def deployed_ratios(self, plans, rounds=5):
+        for p in plans:
+            key = self._key(p)
+            self.deployed_plans.setdefault(key, p)
+            ms = 0.9 if self.state == "quiet" else 1.0  # one state at a time: no busy cut inside a call
+            self.deployed_rounds.setdefault(key, []).extend([(ms, self.table[key][self.state])] * rounds)
+        return [self.deployed_estimate(p) for p in plans]
+
+    def measure(self, plan, runs=None):
+        return self.table[self._key(plan)]["quiet"]
+
+
+def test_recheck_latency_retimes_the_pool_in_the_present_state(digits):
+    """The search timed three plans in a quiet state; the final check found the machine in
+    another state, where the answer runs 12 % under the goal.  The re-check times the pool again
+    (only the new rounds count as "now") and picks the plan that holds the band in both; a plan
+    the search only timed on its fast path joins the pool, estimated through the answer's bias."""
+    model, a = digits
+    names = [g.name for g in a.prunable_groups]
+    answer, flat, swinging, fast_only = (plan_from_widths(a, dict(zip(names, w, strict=True)), None) for w in
+                                         ((16, 8, 32, 48), (8, 24, 16, 40), (16, 16, 32, 48), (8, 8, 8, 8)))
+    oracle = _StateOracle(a, {})
+    keys = [oracle._key(p) for p in (answer, flat, swinging, fast_only)]
+    assert len(set(keys)) == 4
+    oracle.table = {keys[0]: {"quiet": 0.40, "busy": 0.352}, keys[1]: {"quiet": 0.405, "busy": 0.398},
+                    keys[2]: {"quiet": 0.44, "busy": 0.395}, keys[3]: {"quiet": 0.30, "busy": 0.30}}
+    ev = Evaluator(a, CostModel(a), oracle, loss=lambda p: {keys[0]: 0.05, keys[1]: 0.06, keys[2]: 0.04,
+                                                            keys[3]: 0.2}[oracle._key(p)])
+    oracle.deployed_ratios([answer, flat, swinging])
+    for p in (answer, flat, swinging, fast_only):
+        oracle(p)  # the search's own (fast path) timings
+    oracle.state = "busy"
+    got, done = recheck_latency(ev, answer, 0.352, GOAL)
+    assert isinstance(done, Recheck)
+    assert oracle._key(got) == keys[1]
+    rows = {r.widths: r for r in done.rows}
+    assert set(rows) == set(keys)
+    assert rows[keys[0]].estimate == pytest.approx(0.40) and rows[keys[0]].now == pytest.approx(0.352)
+    assert rows[keys[3]].estimate == pytest.approx(0.30)  # fast path timing x the answer's bias (1.0 here)
+    assert done.to_dict()["picked"] == list(keys[1])
+    # an oracle without deployed timings cannot re-check
+    assert recheck_latency(Evaluator(a, CostModel(a), LatencyOracle(a)), answer, 0.35, GOAL) is None
+
+
+def _result(a, model, plan, ratio):
+    search = SearchReport("knapsack", "latency=40%", base=1.0, goal=GOAL, achieved=GOAL, met=True)
+    report = {"groups": [{"kept": w} for w in plan.widths(a).values()],
+              "latency": {"ratio": ratio, "original": {"median_ms": 1.0}}}
+    return api.PruneResult(model, plan, a, report, None, search)
+
+
+@pytest.mark.parametrize("second", [0.395, 0.33])
+def test_prune_ships_the_rechecked_plan_only_when_it_measures_nearer(digits, monkeypatch, second):
+    """``prune()``'s re-check is wired in: the replacement is built, exported and measured, and
+    kept only when its final measurement is nearer the goal than the answer's."""
+    model, a = digits
+    names = [g.name for g in a.prunable_groups]
+    answer, other = (plan_from_widths(a, dict(zip(names, w, strict=True)), None)
+                     for w in ((16, 8, 32, 48), (8, 24, 16, 40)))
+    first = _result(a, model, answer, 0.35)
+    rows = [row(tuple(answer.widths(a).values()), 0.40, 0.35), row(tuple(other.widths(a).values()), 0.405, 0.398)]
+    monkeypatch.setattr(api, "recheck_latency",
+                        lambda ev, plan, measured, goal: (other, Recheck(goal, measured, rows, rows[1].widths)))
+    built = []
+
+    def finish(plan: Plan):
+        built.append(plan)
+        return _result(a, model, plan, float("nan"))
+
+    def measure(result, original, out_dir, threads, measure, base_proto=None):
+        result.report["latency"] = {"ratio": second, "original": {"median_ms": 1.0}}
+        return base_proto
+
+    monkeypatch.setattr(api, "_emit_and_measure", measure)
+    got = api._recheck(first, finish, None, model, None, 1, object())
+    assert [p.widths(a) for p in built] == [other.widths(a)]
+    if second == 0.395:
+        assert got is not first and got.plan is other
+        check = got.report["latency"]["recheck"]
+        assert check["kept"] == "replacement" and check["first_ratio"] == 0.35 and check["second_ratio"] == 0.395
+        assert got.report["latency"]["predicted_ms"] == pytest.approx(0.405)
+    else:
+        assert got is first and first.report["latency"]["recheck"]["kept"] == "answer"
+    # a measurement inside the band is not re-checked at all
+    calm = _result(a, model, answer, 0.41)
+    assert api._recheck(calm, finish, None, model, None, 1, object()) is calm and "recheck" not in calm.report["latency"]
+
+
+def test_prune_report_shows_the_recheck(tmp_path):
+    from prunepass.report import write_markdown
+
+    report = {"target": "latency=40%", "strategy": "knapsack", "criterion": "taylor", "groups": [],
+              "flops": {"original": 10, "pruned": 5}, "params": {"original": 10, "pruned": 5},
+              "latency": {"ratio": 0.398, "original": {"median_ms": 1.0, "p10_ms": 0.9},
+                          "pruned": {"median_ms": 0.398, "p10_ms": 0.35},
+                          "recheck": {"measured": 0.352, "goal": 0.4, "rows": [{}, {}, {}], "kept": "replacement"}}}
+    text = write_markdown(report, tmp_path).read_text()
+    assert "first final measurement was 0.352" in text and "3 plans" in text and "replacement was kept" in text
+
