@@ -67,6 +67,12 @@ class Analysis:
                 continue
             size = solver.size_of(s)
             reasons = [r for _, r in frozen]
+            if not reasons and all(m.kind == "buffer" for m in members[s]):
+                # no weight carries these channels: pruning saves nothing, and such a dim is
+                # usually a table cut to the example's size (the rows of position_ids past the
+                # traced sequence length), which other input sizes still need
+                reasons.append("only buffers carry these channels (no weights: nothing to gain); "
+                               f"{', '.join(sorted({m.fqn for m in members[s]}))}")
             if self._max_labels is not None and size > self._max_labels and not reasons:
                 reasons.append(f"group has {size} channels, more than max_prunable_labels={self._max_labels}")
             prunable = not reasons and size > 1

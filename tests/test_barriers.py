@@ -67,3 +67,26 @@ def test_layer_norm_group_is_approximate_and_others_exact():
     roles = {(m.fqn, m.axis): m.role for m in g_ln.members}
     assert roles[("fc1.weight", 0)] == "out" and roles[("fc2.weight", 1)] == "in"
     assert roles[("ln.weight", 0)] == "affine"
+
+
+class PositionTable(nn.Module):
+    """A buffer cut to the input's length, as BERT cuts ``position_ids`` to the sequence length."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("pos", torch.arange(64, dtype=torch.float32)[None])
+        self.a = nn.Linear(16, 32)
+        self.b = nn.Linear(32, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x))) + self.pos[:, : x.shape[1], None]
+
+
+def test_rows_of_a_buffer_past_the_traced_length_are_not_prunable():
+    """The rows of the table past the traced length touch no weight; pruning them would save
+    nothing and leave a model that fails (or misreads) longer inputs."""
+    a = analyze(PositionTable().eval(), torch.randn(2, 10, 16))
+    rest = next(g for g in a.groups if g.size == 54)
+    assert {m.fqn for m in rest.members} == {"pos"}
+    assert not rest.prunable and "only buffers carry these channels" in rest.reasons[0]
+    assert any(m.fqn == "a.weight" for g in a.prunable_groups for m in g.members)  # the hidden layer
