@@ -179,3 +179,21 @@ def test_prune_report_shows_the_recheck(tmp_path):
     text = write_markdown(report, tmp_path).read_text()
     assert "first final measurement was 0.352" in text and "3 plans" in text and "replacement was kept" in text
 
+
+
+def test_recheck_keeps_the_answer_when_the_pool_cannot_be_timed(digits):
+    """A failure while re-timing must not lose the answer prune() already measured."""
+    from prunepass.errors import LatencyMeasurementError
+
+    model, a = digits
+    names = [g.name for g in a.prunable_groups]
+    answer = plan_from_widths(a, dict(zip(names, (16, 8, 32, 48), strict=True)), None)
+    key = (16, 8, 32, 48)
+    oracle = _StateOracle(a, {key: {"quiet": 0.40, "busy": 0.35}})
+    oracle.deployed_ratios([answer])
+
+    def broken(plans, rounds=5):
+        raise LatencyMeasurementError("onnxruntime could not run the model")
+
+    oracle.deployed_ratios = broken
+    assert recheck_latency(Evaluator(a, CostModel(a), oracle), answer, 0.35, GOAL) is None

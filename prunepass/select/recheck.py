@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from prunepass.errors import LatencyMeasurementError
 from prunepass.plan import Plan
 from prunepass.select.targets import Evaluator
 
@@ -103,6 +104,8 @@ def recheck_latency(evaluator: Evaluator, plan: Plan, measured: float, goal: flo
     since, and the plans are compared on timings taken together.  Returns ``(plan to ship, what
     was done)``, or None when the evaluator's oracle keeps no deployed timings (a stand-in
     oracle, or a search that never timed a deployment)."""
+    from prunepass.onnx_backend import OnnxExportError
+
     oracle = evaluator.latency
     rounds = getattr(oracle, "deployed_rounds", None)
     plans = dict(getattr(oracle, "deployed_plans", None) or {})
@@ -122,7 +125,11 @@ def recheck_latency(evaluator: Evaluator, plan: Plan, measured: float, goal: flo
     seen = {k: len(rounds.get(k, ())) for k in keys}
     log.info("final measurement %.3f of the original's latency, goal %.3f: re-timing %d plans in the "
              "machine's present state", measured, goal, len(keys))
-    oracle.deployed_ratios([plans[k] for k in keys])
+    try:
+        oracle.deployed_ratios([plans[k] for k in keys])
+    except (OnnxExportError, LatencyMeasurementError, RuntimeError) as exc:
+        log.warning("could not re-time the plans near the goal (%s); keeping the answer", str(exc)[:200])
+        return None
     now = {k: statistics.median(r for _, r in rounds[k][seen[k]:]) for k in keys}
     rows = [RecheckRow(k, estimate[k], now[k], evaluator.loss(plans[k]) if evaluator.has_loss else None)
             for k in keys]
