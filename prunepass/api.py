@@ -253,14 +253,14 @@ def _emit_and_measure(result: PruneResult, original: nn.Module, out_dir: str | P
 
 def _recheck(result: PruneResult, finish: Callable[[Plan], PruneResult], evaluator: Evaluator,
              original: nn.Module, out_dir: str | Path | None, threads: int, base_proto: Any) -> PruneResult:
-    """When the final measurement lands more than ``RECHECK_BAND`` off a relative latency goal,
-    re-time the plans near the goal in the machine's present state (:func:`recheck_latency`)
+    """When the final measurement lands more than ``RECHECK_BAND`` off a relative latency goal
+    that the search met, re-time the plans near the goal in the machine's present state (:func:`recheck_latency`)
     and, if another one holds the band better, build, export and measure it too; the one whose
     final measurement is nearer the goal is returned.  ``report["latency"]["recheck"]`` says
     what was timed and which plan was kept."""
     lat, s = result.report.get("latency") or {}, result.search
-    if s is None or not s.target.startswith("latency") or not s.target.endswith("%") or "ratio" not in lat:
-        return result
+    if s is None or not s.met or not s.target.startswith("latency") or not s.target.endswith("%") or "ratio" not in lat:
+        return result  # an unmet target: the search's answer is already the fastest plan it found
     goal = s.goal / s.base
     if not needs_recheck(lat["ratio"], goal):
         return result

@@ -163,9 +163,13 @@ def test_prune_ships_the_rechecked_plan_only_when_it_measures_nearer(digits, mon
         assert got.report["latency"]["predicted_ms"] == pytest.approx(0.405)
     else:
         assert got is first and first.report["latency"]["recheck"]["kept"] == "answer"
-    # a measurement inside the band is not re-checked at all
+    # a measurement inside the band is not re-checked at all, nor an answer to an unmet target
     calm = _result(a, model, answer, 0.41)
     assert api._recheck(calm, finish, None, model, None, 1, object()) is calm and "recheck" not in calm.report["latency"]
+    unmet = _result(a, model, answer, 0.62)
+    unmet.search.met = False
+    assert api._recheck(unmet, finish, None, model, None, 1, object()) is unmet
+    assert "recheck" not in unmet.report["latency"]
 
 
 def test_prune_report_shows_the_recheck(tmp_path):
