@@ -528,6 +528,34 @@ def test_an_answer_over_the_goal_gives_way_to_a_costlier_plan_in_the_band(digits
         assert got.widths(a)["g3"] == 32 and got.widths(a)["g2"] == 32 and deployed == pytest.approx(start)
 
 
+def test_an_answer_over_the_latency_slack_is_timed_again_before_it_is_called_missed(digits):
+    """One very busy spell can lift an answer's estimate over the slack; the answer is timed once
+    more as deployed and judged on all its timings before the target is declared missed (and
+    strict=True raises).  An answer within the slack is not timed again."""
+    from prunepass.select.strategies import LATENCY_BAND, _time_again_if_over
+
+    model, a, _ = digits
+    plan = uniform_plan(a, 0.5, constraint=ChannelConstraint(step=8))
+
+    class Again(Evaluator):
+        calls = 0
+
+        def deployed(self, plans):
+            self.calls += 1
+            return [0.61]
+
+    ev = Again(a, CostModel(a), _StubLatency(a))
+    within = 0.60 * (1 + LATENCY_BAND) - 1e-3
+    assert _time_again_if_over(ev, plan, within, 0.60) == within and ev.calls == 0
+    assert _time_again_if_over(ev, plan, 0.65, 0.60) == 0.61 and ev.calls == 1
+
+    class Cannot(Evaluator):
+        def deployed(self, plans):
+            return None
+
+    assert _time_again_if_over(Cannot(a, CostModel(a), _StubLatency(a)), plan, 0.65, 0.60) == 0.65
+
+
 def test_deployed_estimate_is_midway_between_the_machine_states(digits):
     """A shared VM switches between a quiet state and a busy one (the original ~30 % slower) for
     seconds to minutes; a small model's ratio moves with it.  A plan's estimate is midway between

@@ -307,9 +307,22 @@ def knapsack_plan(analysis: Analysis, scores: Scores, target: Target, evaluator:
         chosen = _pick_latency_candidate(analysis, evaluator, rank, options, constraint, chosen, goal, tolerance,
                                          points, history)
         chosen = _settle_deployed(analysis, evaluator, rank, options, chosen, goal, points, history)
+        chosen = (chosen[0], _time_again_if_over(evaluator, chosen[0], chosen[1], goal), chosen[2])
     plan, achieved, _ = chosen
     predicted = history[-1].get("predicted") if history else None
     return plan, _finish("knapsack", target, base, goal, achieved, history, evaluator, t0, strict, predicted)
+
+
+def _time_again_if_over(evaluator: Evaluator, plan: Plan, achieved: float, goal: float) -> float:
+    """An answer whose latency estimate is over the goal's slack (``LATENCY_BAND``) is timed
+    once more as deployed before the target is declared missed (and ``strict`` raises): one very
+    busy spell can lift a plan's estimate by several percent (resnet50 at 60 %: estimated 0.650
+    of the original, measured 0.615-0.626 right after).  Returns the estimate over all its
+    deployed timings, or ``achieved`` when the evaluator cannot time deployments."""
+    if achieved <= goal * (1 + LATENCY_BAND):
+        return achieved
+    timed = evaluator.deployed([plan])
+    return achieved if timed is None else timed[0]
 
 
 def _confirm_latency(evaluator: Evaluator, tried: list, goal: float, tolerance: float,
