@@ -107,8 +107,9 @@ def recheck_latency(evaluator: Evaluator, plan: Plan, measured: float, goal: flo
     from prunepass.onnx_backend import OnnxExportError
 
     oracle = evaluator.latency
-    rounds = getattr(oracle, "deployed_rounds", None)
-    plans = dict(getattr(oracle, "deployed_plans", None) or {})
+    rounds = getattr(oracle, "deployed_rounds", None) or {}
+    # (a plan whose export succeeded but whose timing failed has no rounds: not comparable)
+    plans = {k: p for k, p in (getattr(oracle, "deployed_plans", None) or {}).items() if k in rounds}
     key = oracle._key(plan) if hasattr(oracle, "_key") else None
     if not rounds or not plans or key not in rounds:
         return None
