@@ -83,7 +83,7 @@ class _StateOracle(LatencyOracle):
     def deployed_ratios(self, plans, rounds=5):
         for p in plans:
             key = self._key(p)
-            self.deployed_plans.setdefault(key, p)
+            self.plans.setdefault(key, p)
             ms = 0.9 if self.state == "quiet" else 1.0  # one state at a time: no busy cut inside a call
             self.deployed_rounds.setdefault(key, []).extend([(ms, self.table[key][self.state])] * rounds)
         return [self.deployed_estimate(p) for p in plans]

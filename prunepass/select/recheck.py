@@ -108,18 +108,19 @@ def recheck_latency(evaluator: Evaluator, plan: Plan, measured: float, goal: flo
 
     oracle = evaluator.latency
     rounds = getattr(oracle, "deployed_rounds", None) or {}
-    # (a plan whose export succeeded but whose timing failed has no rounds: not comparable)
-    plans = {k: p for k, p in (getattr(oracle, "deployed_plans", None) or {}).items() if k in rounds}
+    timed = getattr(oracle, "plans", None) or {}
     key = oracle._key(plan) if hasattr(oracle, "_key") else None
-    if not rounds or not plans or key not in rounds:
+    if key not in rounds or key not in timed:
         return None
     t0 = time.perf_counter()
+    # plans with deployed rounds (a failed timing leaves none), then those timed on the fast path only
+    plans = {k: p for k, p in timed.items() if k in rounds}
     estimate = {k: oracle.deployed_estimate(p) for k, p in plans.items()}
     fast = getattr(oracle, "cache", {})
-    if key in fast and fast[key] > 0:
+    if fast.get(key, 0) > 0:
         bias = estimate[key] / fast[key]  # search timings are on the scale of base("latency")
-        for k, p in getattr(oracle, "plans", {}).items():
-            if k not in estimate and fast[k] > 0:
+        for k, p in timed.items():
+            if k not in estimate and fast.get(k, 0) > 0:
                 plans[k], estimate[k] = p, fast[k] * bias
     near = sorted((k for k in plans if k != key), key=lambda k: abs(estimate[k] / goal - 1))[:RECHECK_POOL]
     keys = [key, *near]

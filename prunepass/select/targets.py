@@ -93,7 +93,7 @@ class LatencyOracle:
         self._template: Any = None
         self._fast = use_fast_path
         self.cache: dict[tuple, float] = {}
-        self.plans: dict[tuple, Plan] = {}  # the plans behind the cache's keys
+        self.plans: dict[tuple, Plan] = {}  # every plan timed (fast path or deployed), by widths
         self._reference: float | None = None  # the unpruned model's latency (fast path)
         self._deployed_refs: list[tuple] = []  # (session, feeds) of the unpruned model's full export, several
         self._ref_turn = 0
@@ -103,7 +103,6 @@ class LatencyOracle:
         # small model's ratio moves several percent with the machine's state, so a plan timed
         # again is judged on all its rounds, and rounds are told apart by the state they ran in
         self.deployed_rounds: dict[tuple, list[tuple[float, float]]] = {}
-        self.deployed_plans: dict[tuple, Plan] = {}  # the plans behind those keys (prune()'s re-check)
         self.evaluations = 0
         self.mode = "fast" if use_fast_path else "export"
 
@@ -115,7 +114,7 @@ class LatencyOracle:
         key = self._key(plan)
         if key not in self.cache:
             self.cache[key] = self.measure(plan)
-            self.plans[key] = plan
+            self.plans.setdefault(key, plan)
         return self.cache[key]
 
     def long_runs(self) -> int:
@@ -178,7 +177,7 @@ class LatencyOracle:
         for key, plan in by_key.items():
             if key not in self._deployed_protos:
                 self._deployed_protos[key] = _full_export(self.analysis, plan)
-                self.deployed_plans[key] = plan
+                self.plans.setdefault(key, plan)
             sessions = self._deployed.setdefault(key, [])
             if len(sessions) < REF_SESSIONS:  # a plan timed again (the answer) gets one more session
                 sessions.append(_session(self.analysis, self._deployed_protos[key], self.threads))
