@@ -31,6 +31,7 @@ from prunepass.plan import Plan
 from prunepass.rewrite import apply_plan
 from prunepass.select.constraints import ChannelConstraint, warn_unmatched_rules
 from prunepass.select.recheck import needs_recheck, recheck_latency
+from prunepass.select.states import StateMemory
 from prunepass.select.strategies import (
     SearchReport,
     evolutionary_plan,
@@ -124,6 +125,9 @@ def prune(model: nn.Module, example_inputs: Any, *, data: Iterable | None = None
                       "falling back to weight magnitude", stacklevel=2)
         scores = magnitude_scores(model, a)
     oracle = LatencyOracle(a, threads=threads) if target.metric == "latency" else None
+    memory = StateMemory.for_analysis(a, threads) if oracle is not None and measure else None
+    if memory is not None:
+        oracle.prior = memory.prior()
     plan_loss = (_plan_loss(model, a, data, loss_fn, entry_point, sample_fns.get("sample_to_model_inputs"))
                  if data is not None and loss_fn is not None else None)
     evaluator = Evaluator(a, CostModel(a), oracle, plan_loss)
@@ -143,6 +147,8 @@ def prune(model: nn.Module, example_inputs: Any, *, data: Iterable | None = None
         base_proto = _emit_and_measure(result, model, out_dir, threads, measure)
         if measure:
             result = _recheck(result, finish, evaluator, model, out_dir, threads, base_proto)
+            if oracle is not None:
+                _record_states(result, oracle, memory)
     result.report["seconds"] = round(time.perf_counter() - t0, 2)
     if out_dir is not None:
         write_outputs(result, Path(out_dir))
@@ -232,6 +238,7 @@ def _emit_and_measure(result: PruneResult, original: nn.Module, out_dir: str | P
                            for k, v in rounds.items()}
     # the ratio is the median of per-round ratios: a load spike in one round moves one pair
     lat["round_ratios"] = [p.median / o.median for p, o in zip(rounds["pruned"], rounds["original"], strict=True)]
+    lat["round_original_ms"] = [o.median for o in rounds["original"]]  # the machine's state in each round
     lat["ratio"] = statistics.median(lat["round_ratios"])
     if lat["ratio"] >= 1.0:
         lat["slower_than_original"] = True
@@ -290,6 +297,22 @@ def _recheck(result: PruneResult, finish: Callable[[Plan], PruneResult], evaluat
     if out_dir is not None:
         _emit_and_measure(alt, original, out_dir, threads, False)
     return alt
+
+
+def _record_states(result: PruneResult, oracle: LatencyOracle, memory: StateMemory | None) -> None:
+    """``report["latency"]["states"]``: what this run saw of the machine's states (over the
+    search's deployed timings and the final measurement) and the prior it started from; and
+    add the run to the memory (``select.states``) for the next search of this model here."""
+    lat = result.report.get("latency") or {}
+    if "round_ratios" not in lat:
+        return
+    final = list(zip(lat.get("round_original_ms", []), lat["round_ratios"], strict=False))
+    quiet_ms, gap = oracle.run_states({oracle._key(result.plan): final})
+    prior = oracle.prior
+    lat["states"] = {"quiet_ms": quiet_ms, "gap_seen": gap, "prior": prior.to_dict() if prior else None,
+                     "memory": str(memory.path) if memory is not None else None}
+    if memory is not None and quiet_ms is not None:
+        memory.remember(quiet_ms, gap)
 
 
 def _entry_module(model: nn.Module, entry_point: str) -> nn.Module:

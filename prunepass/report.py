@@ -109,6 +109,9 @@ def write_markdown(report: dict[str, Any], out: Path) -> Path:
         lines += ["", f"Re-check: the first final measurement was {check['measured']:.3f} of the original's latency "
                       f"(goal {check['goal']:.3f}); {len(check['rows'])} plans near the goal were re-timed in the "
                       f"machine's present state and the {check['kept']} was kept."]
+    states = lat.get("states")
+    if states:
+        lines += ["", "Machine states: " + state_sentence(states)]
     lines += ["", "| group | channels | kept | tags | modules |", "| --- | ---: | ---: | --- | --- |"]
     for g in report["groups"]:
         lines.append(f"| {g['name']} | {g['size']} | {g['kept']} | {','.join(g['tags'])} | {', '.join(g['modules'])} |")
@@ -117,3 +120,25 @@ def write_markdown(report: dict[str, Any], out: Path) -> Path:
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def state_sentence(states: dict[str, Any]) -> str:
+    """One sentence on ``report["latency"]["states"]``: what the run saw of the machine's quiet
+    and busy states and what it remembered of earlier runs (``prunepass.select.states``)."""
+    seen = (f"this run saw the original at {states['quiet_ms']:.3f} ms at its quietest"
+            if states.get("quiet_ms") else "this run timed nothing as deployed")
+    if states.get("gap_seen"):
+        seen += f" and a busy state that moved the ratio by {100 * (states['gap_seen'] - 1):+.1f} %"
+    else:
+        seen += " and no change of state"
+    prior = states.get("prior")
+    if not prior:
+        memo = ("nothing was remembered of earlier runs" if states.get("memory")
+                else "the state memory is off (PRUNEPASS_STATE_MEMORY=0)")
+    elif prior.get("gap"):
+        memo = (f"{prior['gap_runs']} of {prior['runs']} earlier runs here saw both states, a median gap of "
+                f"{100 * (prior['gap'] - 1):+.1f} %, which the search used when it saw one state only")
+    else:
+        memo = f"{prior['runs']} earlier runs here were remembered, none of which saw both states"
+    return f"{seen}; {memo}."
+

@@ -14,6 +14,7 @@ from prunepass.analysis import Analysis
 from prunepass.costs import CostModel
 from prunepass.errors import LatencyMeasurementError
 from prunepass.plan import Plan
+from prunepass.select.states import StatePrior
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,10 @@ class LatencyOracle:
         # small model's ratio moves several percent with the machine's state, so a plan timed
         # again is judged on all its rounds, and rounds are told apart by the state they ran in
         self.deployed_rounds: dict[tuple, list[tuple[float, float]]] = {}
+        # what earlier runs of this model on this machine saw of its states (``select.states``):
+        # the original's quiet latency tells a search that saw one state which one it was, and
+        # the remembered gap moves a plan's estimate midway as if it had seen both
+        self.prior: StatePrior | None = None
         self.evaluations = 0
         self.mode = "fast" if use_fast_path else "export"
 
@@ -202,7 +207,10 @@ class LatencyOracle:
         return self._split(key, self._busy_cut())
 
     def _busy_cut(self) -> float:
-        return BUSY_FACTOR * min(t for rounds in self.deployed_rounds.values() for t, _ in rounds)
+        quiet = min(t for rounds in self.deployed_rounds.values() for t, _ in rounds)
+        if self.prior is not None and self.prior.quiet_ms:
+            quiet = min(quiet, self.prior.quiet_ms)  # a run that saw only busy rounds knows they were busy
+        return BUSY_FACTOR * quiet
 
     def _split(self, key: tuple, cut: float) -> tuple[list[float], list[float]]:
         rounds = self.deployed_rounds[key]
@@ -210,10 +218,12 @@ class LatencyOracle:
 
     def state_gap(self, plan: Plan | None = None) -> float | None:
         """busy / quiet ratio of ``plan`` (its own rounds when it ran in both states, else the
-        median over the plans that did); None while no plan has run in both states."""
+        median over the plans that did, else the gap remembered from earlier runs,
+        ``self.prior``); None while no plan has run in both states and nothing is remembered."""
         gaps: dict[tuple, float] = {}
+        remembered = self.prior.gap if self.prior is not None else None
         if not self.deployed_rounds:
-            return None
+            return remembered
         cut = self._busy_cut()
         for key in self.deployed_rounds:  # the cut once, not once per plan
             quiet, busy = self._split(key, cut)
@@ -221,7 +231,28 @@ class LatencyOracle:
                 gaps[key] = statistics.median(busy) / statistics.median(quiet)
         if plan is not None and self._key(plan) in gaps:
             return gaps[self._key(plan)]
-        return statistics.median(gaps.values()) if gaps else None
+        return statistics.median(gaps.values()) if gaps else remembered
+
+    def run_states(self, extra: dict[tuple, list[tuple[float, float]]] | None = None
+                   ) -> tuple[float | None, float | None]:
+        """What this run saw of the machine's states, over every deployed round and ``extra``
+        rounds (prune()'s final measurement), told apart by this run's rounds alone: the
+        original's latency in the quietest round (ms) and the median busy / quiet gap of the
+        plans that ran in both states (None when none did).  ``select.states`` remembers both."""
+        rounds: dict[tuple, list[tuple[float, float]]] = {k: list(v) for k, v in self.deployed_rounds.items()}
+        for key, more in (extra or {}).items():
+            rounds.setdefault(key, []).extend(more)
+        every = [t for v in rounds.values() for t, _ in v]
+        if not every:
+            return None, None
+        quiet_ms = min(every)
+        gaps = []
+        for v in rounds.values():
+            quiet = [r for t, r in v if t < BUSY_FACTOR * quiet_ms]
+            busy = [r for t, r in v if t >= BUSY_FACTOR * quiet_ms]
+            if quiet and busy:
+                gaps.append(statistics.median(busy) / statistics.median(quiet))
+        return quiet_ms, statistics.median(gaps) if gaps else None
 
     def state_swing(self, plan: Plan) -> float:
         """How far either state's ratio of ``plan`` lies from its estimate, as a fraction of it
@@ -234,7 +265,7 @@ class LatencyOracle:
         later measurement in either state lands as near it as possible: the mean of its two
         states' medians when it ran in both, one state's median moved by the state gap of the
         other plans when it ran in one, and its plain median before any state change was
-        seen."""
+        seen (nor remembered from earlier runs)."""
         key = self._key(plan)
         quiet, busy = self._states(key)
         if quiet and busy:

@@ -1,0 +1,143 @@
+"""The memory of the machine's states between latency-targeted runs (``prunepass.select.states``)
+and how the latency oracle and ``prune()`` use it."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+import models
+import prunepass.api as api
+from prunepass import analyze
+from prunepass.plan import Plan
+from prunepass.report import state_sentence
+from prunepass.select.constraints import ChannelConstraint
+from prunepass.select.states import KEEP_RUNS, STATE_FILE, StateMemory, StatePrior, cache_dir, state_key
+from prunepass.select.targets import BUSY_FACTOR, LatencyOracle
+from prunepass.select.uniform import uniform_plan
+
+
+@pytest.fixture(scope="module")
+def digits():
+    model, inputs = models.get("digits_cnn")
+    return model, inputs, analyze(model, inputs)
+
+
+def test_memory_keeps_the_medians_of_the_last_runs_per_key(tmp_path):
+    mem = StateMemory("k1", tmp_path)
+    assert mem.prior() is None
+    mem.remember(0.90, 1.10)
+    mem.remember(0.95, None)  # a run that saw one state: its quiet latency only
+    mem.remember(0.88, 1.12)
+    mem.remember(0.91, 3.0)  # a gap this large is a misreading, not a state
+    prior = mem.prior()
+    assert prior == StatePrior(quiet_ms=pytest.approx(0.905), gap=pytest.approx(1.11), runs=4, gap_runs=2)
+    assert StateMemory("k2", tmp_path).prior() is None  # another model / shape / machine
+    for i in range(KEEP_RUNS + 3):
+        mem.remember(2.0 + i, None)
+    assert mem.prior().runs == KEEP_RUNS and mem.prior().quiet_ms > 2.0  # the oldest runs are dropped
+    data = json.loads((tmp_path / STATE_FILE).read_text())
+    assert set(data["entries"]) == {"k1"} and not [f for f in os.listdir(tmp_path) if f.startswith(".states-")]
+
+
+def test_a_corrupt_memory_reads_as_empty_and_is_rewritten(tmp_path):
+    (tmp_path / STATE_FILE).write_text("{not json")
+    mem = StateMemory("k", tmp_path)
+    assert mem.prior() is None
+    mem.remember(0.9, 1.1)
+    assert mem.prior().gap == pytest.approx(1.1)
+    (tmp_path / STATE_FILE).write_text(json.dumps({"version": 1, "entries": {"k": {"quiet_ms": ["x"]}}}))
+    assert mem.prior() is None
+
+
+def test_memory_location_and_switch(tmp_path, monkeypatch, digits):
+    _, inputs, a = digits
+    monkeypatch.setenv("PRUNEPASS_CACHE_DIR", str(tmp_path))
+    assert cache_dir() == tmp_path and StateMemory.for_analysis(a, 1).path == tmp_path / STATE_FILE
+    monkeypatch.setenv("PRUNEPASS_STATE_MEMORY", "0")
+    assert cache_dir() is None and StateMemory.for_analysis(a, 1) is None
+    # the key tells apart threads and input shapes of one architecture
+    model = models.get("digits_cnn")[0]
+    wide = analyze(model, (inputs[0].repeat(4, 1, 1, 1),))
+    assert len({state_key(a, 1), state_key(a, 2), state_key(wide, 1)}) == 3
+    assert state_key(a, 1) == state_key(analyze(model, inputs), 1)
+
+
+def test_a_remembered_gap_moves_a_one_state_estimate_midway(digits):
+    """A search that saw only one state uses the remembered gap as if it had seen both; the
+    remembered quiet latency tells it that rounds it took for quiet were in fact busy.  What the
+    run sees itself comes first."""
+    _, _, a = digits
+    oracle = LatencyOracle(a)
+    plan = uniform_plan(a, 0.25, constraint=ChannelConstraint(step=8))
+    other = uniform_plan(a, 0.5, constraint=ChannelConstraint(step=8))
+    key = oracle._key(plan)
+    oracle.deployed_rounds[key] = [(1.20, 0.44), (1.22, 0.45), (1.21, 0.44)]  # one state, and which one?
+    assert oracle.deployed_estimate(plan) == pytest.approx(0.44)  # nothing remembered: its plain median
+    oracle.prior = StatePrior(quiet_ms=0.90, gap=1.10, runs=5, gap_runs=4)
+    assert oracle.state_gap() == pytest.approx(1.10)
+    # 1.2 ms is busy for a machine whose original runs 0.9 ms when quiet: moved halfway down
+    assert oracle.deployed_estimate(plan) == pytest.approx(0.44 * (1 + 1 / 1.1) / 2)
+    oracle.prior = StatePrior(quiet_ms=1.19, gap=1.10, runs=5, gap_runs=4)  # 1.2 ms is this machine's quiet
+    assert oracle.deployed_estimate(plan) == pytest.approx(0.44 * 2.1 / 2)
+    # a gap this run saw itself overrides the remembered one
+    busy = 1.20 * BUSY_FACTOR * 1.05
+    oracle.deployed_rounds[oracle._key(other)] = [(1.20, 0.30), (busy, 0.36)]
+    assert oracle.state_gap() == pytest.approx(1.2)
+    assert oracle.deployed_estimate(plan) == pytest.approx(0.44 * 2.2 / 2)
+
+
+def test_run_states_counts_the_final_measurement(digits):
+    _, _, a = digits
+    oracle = LatencyOracle(a)
+    plan = uniform_plan(a, 0.25, constraint=ChannelConstraint(step=8))
+    key = oracle._key(plan)
+    assert oracle.run_states() == (None, None)
+    oracle.deployed_rounds[key] = [(0.90, 0.40), (0.92, 0.40)]
+    assert oracle.run_states() == (pytest.approx(0.90), None)  # one state seen
+    final = [(1.2, 0.44), (1.25, 0.44), (0.95, 0.40)]
+    quiet_ms, gap = oracle.run_states({key: final})
+    assert quiet_ms == pytest.approx(0.90) and gap == pytest.approx(1.1)
+    assert len(oracle.deployed_rounds[key]) == 2  # the final rounds are not added to the oracle
+
+
+def test_state_sentence_says_what_was_seen_and_remembered():
+    seen = {"quiet_ms": 0.9, "gap_seen": 1.1, "prior": None, "memory": "/x/machine_states.json"}
+    assert "+10.0 %" in state_sentence(seen) and "nothing was remembered" in state_sentence(seen)
+    one = {"quiet_ms": 0.9, "gap_seen": None, "prior": {"quiet_ms": 0.9, "gap": 1.08, "runs": 3, "gap_runs": 2},
+           "memory": "/x"}
+    assert "no change of state" in state_sentence(one) and "2 of 3 earlier runs" in state_sentence(one)
+    assert "+8.0 %" in state_sentence(one)
+    assert "PRUNEPASS_STATE_MEMORY=0" in state_sentence({**seen, "memory": None})
+
+
+def test_prune_remembers_the_states_for_the_next_run(digits, monkeypatch, tmp_path):
+    """``prune()`` hands the remembered prior to its latency oracle and adds its own run to the
+    memory after the final measurement; the report says both."""
+    model, inputs, _ = digits
+    priors = []
+
+    def select(a, scores, target, *, evaluator, **kw):  # no search: the wiring only
+        priors.append(getattr(evaluator.latency, "prior", None))
+        return Plan.from_keep(a, {}), None
+
+    monkeypatch.setattr(api, "select_plan", select)
+    monkeypatch.setenv("PRUNEPASS_CACHE_DIR", str(tmp_path))
+    x = inputs[0].repeat(8, 1, 1, 1)
+    first = api.prune(model, (x,), target="latency=90%")
+    states = first.report["latency"]["states"]
+    assert priors == [None] and states["prior"] is None and states["quiet_ms"] > 0
+    assert (tmp_path / STATE_FILE).exists()
+    second = api.prune(model, (x,), target="latency=90%")
+    assert priors[1] is not None and priors[1].runs == 1
+    assert second.report["latency"]["states"]["prior"]["runs"] == 1
+    monkeypatch.setenv("PRUNEPASS_STATE_MEMORY", "off")
+    third = api.prune(model, (x,), target="latency=90%")
+    assert priors[2] is None and third.report["latency"]["states"]["memory"] is None
+    # FLOPs targets time nothing and remember nothing
+    api.prune(model, (x,), target="flops=90%")
+    assert len(priors) == 4 and priors[3] is None
+    assert torch.equal(model.features[0].weight, models.get("digits_cnn")[0].features[0].weight)
