@@ -136,9 +136,11 @@ def state_sentence(states: dict[str, Any]) -> str:
         memo = ("nothing was remembered of earlier runs" if states.get("memory")
                 else "the state memory is off (PRUNEPASS_STATE_MEMORY=0)")
     elif prior.get("gap"):
-        memo = (f"{prior['gap_runs']} of {prior['runs']} earlier runs here saw both states, a median gap of "
+        memo = (f"{prior['gap_runs']} of {prior['runs']} earlier run{'s' if prior['runs'] != 1 else ''} here saw "
+                f"both states, a median gap of "
                 f"{100 * (prior['gap'] - 1):+.1f} %, which the search used when it saw one state only")
     else:
-        memo = f"{prior['runs']} earlier runs here were remembered, none of which saw both states"
+        memo = (f"{prior['runs']} earlier run{'s' if prior['runs'] != 1 else ''} here "
+                f"{'were' if prior['runs'] != 1 else 'was'} remembered, and none saw both states")
     return f"{seen}; {memo}."
 

@@ -11,6 +11,7 @@ from prunepass import analyze
 from prunepass.costs import CostModel
 from prunepass.plan import Plan
 from prunepass.select.recheck import RECHECK_BAND, Recheck, RecheckRow, needs_recheck, pick, recheck_latency
+from prunepass.select.states import StatePrior
 from prunepass.select.strategies import SearchReport, plan_from_widths
 from prunepass.select.targets import Evaluator, LatencyOracle
 
@@ -66,6 +67,23 @@ def test_pick_never_ships_a_plan_slower_than_the_original():
     assert pick([answer, slower], answer, goal) is answer
 
 
+def test_pick_with_known_states_judges_both_states():
+    """Where the machine's state gap is known, a row's two states are its quiet and busy ratios:
+    an answer aimed midway (4.75 % either side) is not traded for a plan that measures nearer
+    the goal now but lands 7.75 % over it in the other state; a plan within 4 % in both wins."""
+    goal = 0.40
+    answer = RecheckRow((1,), 0.40, 0.381, 0.05, (0.381, 0.419))
+    lopsided = RecheckRow((2,), 0.4115, 0.392, 0.01, (0.392, 0.431))
+    assert pick([answer, lopsided], answer, goal) is answer
+    # without the states the lopsided plan looks in band in both (now -2 %, estimate +2.9 %)
+    bare = [RecheckRow(r.widths, r.estimate, r.now, r.loss) for r in (answer, lopsided)]
+    assert pick(bare, bare[0], goal) is bare[1]
+    balanced = RecheckRow((3,), 0.40, 0.388, 0.07, (0.388, 0.41))
+    assert pick([answer, lopsided, balanced], answer, goal) is balanced
+    slow_when_busy = RecheckRow((4,), 0.9, 0.9, 0.0, (0.96, 1.02))
+    assert not slow_when_busy.faster()
+
+
 @pytest.fixture(scope="module")
 def digits():
     model, inputs = models.get("digits_cnn")
@@ -79,12 +97,13 @@ class _StateOracle(LatencyOracle):
     def __init__(self, analysis, table):
         super().__init__(analysis)
         self.table, self.state = table, "quiet"
+        self.busy_ms = 1.0  # the original's ms in the busy column (1.0: too near 0.9 to be told apart)
 
     def deployed_ratios(self, plans, rounds=5):
         for p in plans:
             key = self._key(p)
             self.plans.setdefault(key, p)
-            ms = 0.9 if self.state == "quiet" else 1.0  # one state at a time: no busy cut inside a call
+            ms = 0.9 if self.state == "quiet" else self.busy_ms
             self.deployed_rounds.setdefault(key, []).extend([(ms, self.table[key][self.state])] * rounds)
         return [self.deployed_estimate(p) for p in plans]
 
@@ -201,3 +220,31 @@ def test_recheck_keeps_the_answer_when_the_pool_cannot_be_timed(digits):
 
     oracle.deployed_ratios = broken
     assert recheck_latency(Evaluator(a, CostModel(a), oracle), answer, 0.35, GOAL) is None
+
+
+def test_recheck_latency_judges_plans_on_both_states_when_the_gap_is_known(digits):
+    """The search saw the quiet state only and remembered a 10 % gap; the final check ran busy.
+    The re-check's rounds are told apart from the search's by the original's ms, so each plan
+    gets a measured quiet and busy ratio, and the plan within the band in both is picked (not the
+    lower-loss one whose estimate and ratio now look in band, but whose quiet ratio is not)."""
+    model, a = digits
+    names = [g.name for g in a.prunable_groups]
+    answer, lopsided, balanced = (plan_from_widths(a, dict(zip(names, w, strict=True)), None) for w in
+                                  ((16, 8, 32, 48), (8, 24, 16, 40), (16, 16, 32, 48)))
+    oracle = _StateOracle(a, {})
+    oracle.busy_ms = 1.2
+    keys = [oracle._key(p) for p in (answer, lopsided, balanced)]
+    oracle.table = {keys[0]: {"quiet": 0.381, "busy": 0.419}, keys[1]: {"quiet": 0.372, "busy": 0.409},
+                    keys[2]: {"quiet": 0.388, "busy": 0.41}}
+    oracle.prior = StatePrior(quiet_ms=0.9, gap=1.1, runs=3, gap_runs=3)
+    ev = Evaluator(a, CostModel(a), oracle, loss=lambda p: {keys[0]: 0.05, keys[1]: 0.01, keys[2]: 0.07}[oracle._key(p)])
+    oracle.deployed_ratios([answer, lopsided, balanced])
+    assert oracle.deployed_estimate(answer) == pytest.approx(0.381 * 2.1 / 2)  # midway by the remembered gap
+    oracle.state = "busy"
+    got, done = recheck_latency(ev, answer, 0.419 * 1.01, GOAL)
+    assert oracle._key(got) == keys[2]
+    rows = {tuple(r["widths"]): r for r in done.to_dict()["rows"]}
+    # the lower-loss plan measures 2 % over the goal now and its midway estimate 2 % under it, but it
+    # runs 7 % under the goal when the machine is quiet
+    assert rows[keys[1]]["quiet"] == pytest.approx(0.372) and rows[keys[1]]["busy"] == pytest.approx(0.409)
+

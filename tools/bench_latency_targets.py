@@ -8,6 +8,10 @@ is on the median of all K + 1 measurements ("re-timed" column; "prune said" is p
 
     python tools/bench_latency_targets.py --models resnet18,mobilenet_v2 --target 60
     python tools/bench_latency_targets.py --models digits_cnn --batch 64 --target 50
+
+Runs remember the machine's states between them (``prunepass.select.states``; each row's
+"states" line says what was seen and remembered): set ``PRUNEPASS_STATE_MEMORY=0`` to bench
+every run from scratch, or ``PRUNEPASS_CACHE_DIR`` to keep the benchmark's memory apart.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 import models
 from prunepass.api import prune
 from prunepass.data import builtin_calibration, first_of
+from prunepass.report import state_sentence
 
 
 def with_batch(inputs: tuple, batch: int) -> tuple:
@@ -74,7 +79,7 @@ def run_one(name: str, percent: float, threads: int, strategy: str, batch: int |
             "original_ms": lat["original"]["median_ms"], "pruned_ms": lat["pruned"]["median_ms"],
             "error": ratio / (percent / 100) - 1, "never_slower": max(every) <= 1.0,
             "measurements": every, "original_ms_each": states,
-            "recheck": check["kept"] if check else "-", "recheck_detail": check,
+            "recheck": check["kept"] if check else "-", "recheck_detail": check, "states": lat.get("states"),
             "flops_ratio": r.report["flops"]["pruned"] / r.report["flops"]["original"]}
 
 
@@ -110,6 +115,8 @@ def main() -> None:
               f"{row['search_ratio']:11.3f} {str(row['met']):>5s} {row['recheck']:>11s}  "
               + " ".join(f"{x:.3f}@{ms:.2f}" for x, ms in zip(row['measurements'], row['original_ms_each'], strict=True)),
               flush=True)
+        if row["states"]:  # the machine's states this run saw, and what it remembered of earlier runs
+            print(f"{'':14s} states: {state_sentence(row['states'])}", flush=True)
         check = row["recheck_detail"]
         if check:  # what prune()'s re-check timed (search estimate -> ratio now, per plan)
             print(f"{'':14s} re-check at {check['measured']:.3f}: "

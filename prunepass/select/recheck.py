@@ -1,6 +1,8 @@
 """The last step of a latency-targeted ``prune()``: when the final measurement of the shipped
 model lands well off a relative latency goal, re-time the plans near the goal in the machine's
-state of the moment, and pick one that holds the band both there and in the search's estimate.
+state of the moment, and pick one that holds the band in both states: the quiet and busy ratios
+where the state gap is known (seen by this run or remembered from earlier ones), else the state
+of the moment and the search's estimate.
 
 Why it is needed: on a shared VM a small model's latency *ratio* moves with the machine's state,
 and not by the same amount for every plan.  The digits CNN at batch 64, target 40 %: a plan with
@@ -41,9 +43,24 @@ class RecheckRow:
     estimate: float
     now: float
     loss: float | None = None
+    states: tuple[float, float] | None = None  # (quiet, busy) ratio, when the machine's state gap is known
 
     def worst(self, goal: float) -> float:
-        return max(abs(self.estimate / goal - 1), abs(self.now / goal - 1))
+        """The largest miss of the goal in the two states: the quiet and busy ratios where the
+        state gap is known, else the search-time estimate and the ratio now."""
+        pair = self.states or (self.estimate, self.now)
+        return max(abs(pair[0] / goal - 1), abs(pair[1] / goal - 1))
+
+    def holds(self, goal: float) -> bool:
+        """Within the band in both states: both state ratios within ``RECHECK_NOW_BAND`` where the
+        gap is known; else within it now and the search-time estimate within ``RECHECK_EST_BAND``."""
+        if self.states is not None:
+            return self.worst(goal) <= RECHECK_NOW_BAND
+        return abs(self.now / goal - 1) <= RECHECK_NOW_BAND and abs(self.estimate / goal - 1) <= RECHECK_EST_BAND
+
+    def faster(self) -> bool:
+        """Under the original's latency in every state seen."""
+        return max(self.now, self.estimate, *(self.states or ())) < 1.0
 
 
 @dataclass
@@ -61,7 +78,9 @@ class Recheck:
         return {"goal": self.goal, "measured": self.measured, "picked": list(self.picked or ()),
                 "seconds": round(self.seconds, 2),
                 "rows": [{"widths": list(r.widths), "estimate": round(r.estimate, 4), "now": round(r.now, 4),
-                          **({"loss": round(r.loss, 5)} if r.loss is not None else {})} for r in self.rows]}
+                          **({"loss": round(r.loss, 5)} if r.loss is not None else {}),
+                          **({"quiet": round(r.states[0], 4), "busy": round(r.states[1], 4)} if r.states else {})}
+                         for r in self.rows]}
 
 
 def needs_recheck(measured: float, goal: float) -> bool:
@@ -73,19 +92,19 @@ def pick(rows: list[RecheckRow], answer: RecheckRow, goal: float,
          loss: Callable[[RecheckRow], float] | None = None) -> RecheckRow:
     """The plan to ship among ``rows`` (the answer among them).
 
-    The answer stays when it is within ``RECHECK_NOW_BAND`` of the goal in both states (the
-    state that moved it has passed).  Otherwise a plan that measures within ``RECHECK_NOW_BAND``
-    of the goal now *and* whose search-time estimate was within ``RECHECK_EST_BAND`` holds the
-    band in both states seen: of those, the ones within ``RECHECK_NOW_BAND`` in both come first,
-    then the lowest ``loss`` (calibration loss; without one the smallest worst miss).  When no
-    plan holds both, the one with the smallest worst miss over the two states wins, if that is
-    at least ``RECHECK_GAIN`` smaller than the answer's.  A plan at or above the original's
-    latency in either state never wins."""
+    The two states of a row are its quiet and busy ratios where the machine's state gap is
+    known (``RecheckRow.states``), else its search-time estimate and its ratio now.  The answer
+    stays when it is within ``RECHECK_NOW_BAND`` of the goal in both (the state that moved it has
+    passed).  Otherwise the plans that hold the band in both states (``RecheckRow.holds``) win:
+    the ones within ``RECHECK_NOW_BAND`` in both come first, then the lowest ``loss``
+    (calibration loss; without one the smallest worst miss).  When no plan holds both, the one
+    with the smallest worst miss over the two states wins, if that is at least ``RECHECK_GAIN``
+    smaller than the answer's.  A plan at or above the original's latency in either state never
+    wins."""
     if answer.worst(goal) <= RECHECK_NOW_BAND:
         return answer
-    usable = [r for r in rows if r.now < 1.0 and r.estimate < 1.0]
-    both = [r for r in usable
-            if abs(r.now / goal - 1) <= RECHECK_NOW_BAND and abs(r.estimate / goal - 1) <= RECHECK_EST_BAND]
+    usable = [r for r in rows if r.faster()]
+    both = [r for r in usable if r.holds(goal)]
     if both:
         return min(both, key=lambda r: (r.worst(goal) > RECHECK_NOW_BAND, loss(r) if loss else 0.0, r.worst(goal)))
     best = min(usable, key=lambda r: r.worst(goal), default=None)
@@ -133,8 +152,10 @@ def recheck_latency(evaluator: Evaluator, plan: Plan, measured: float, goal: flo
         log.warning("could not re-time the plans near the goal (%s); keeping the answer", str(exc)[:200])
         return None
     now = {k: statistics.median(r for _, r in rounds[k][seen[k]:]) for k in keys}
-    rows = [RecheckRow(k, estimate[k], now[k], evaluator.loss(plans[k]) if evaluator.has_loss else None)
-            for k in keys]
+    # each plan's two states over all its rounds, the search's and these (where the gap is known)
+    states = getattr(oracle, "state_values", lambda p: None)
+    rows = [RecheckRow(k, estimate[k], now[k], evaluator.loss(plans[k]) if evaluator.has_loss else None,
+                       states(plans[k])) for k in keys]
     chosen = pick(rows, rows[0], goal, (lambda r: r.loss) if evaluator.has_loss else None)
     done = Recheck(goal, measured, rows, chosen.widths, time.perf_counter() - t0)
     return plans[chosen.widths], done

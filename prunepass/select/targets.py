@@ -260,20 +260,34 @@ class LatencyOracle:
         gap = self.state_gap(plan)
         return abs(gap - 1) / (1 + gap) if gap else 0.0
 
+    def state_values(self, plan: Plan) -> tuple[float, float] | None:
+        """A plan's deployed ratio in the quiet and in the busy state: each state's median where
+        the plan ran in it, the other one moved by the state gap (the plan's own, the other plans',
+        or the remembered one) where it ran in one only; None before the plan was timed as
+        deployed, or while no gap is known."""
+        key = self._key(plan)
+        if not self.deployed_rounds.get(key):
+            return None
+        quiet, busy = self._states(key)
+        if quiet and busy:
+            return statistics.median(quiet), statistics.median(busy)
+        gap = self.state_gap()
+        if gap is None:
+            return None
+        return (statistics.median(quiet), statistics.median(quiet) * gap) if quiet else \
+            (statistics.median(busy) / gap, statistics.median(busy))
+
     def deployed_estimate(self, plan: Plan) -> float:
         """A plan's deployed ratio midway between the machine's quiet and busy states, so a
         later measurement in either state lands as near it as possible: the mean of its two
         states' medians when it ran in both, one state's median moved by the state gap of the
         other plans when it ran in one, and its plain median before any state change was
         seen (nor remembered from earlier runs)."""
-        key = self._key(plan)
-        quiet, busy = self._states(key)
-        if quiet and busy:
-            return (statistics.median(quiet) + statistics.median(busy)) / 2
-        gap = self.state_gap()
-        if gap is None:
+        states = self.state_values(plan)
+        if states is None:
+            quiet, busy = self._states(self._key(plan))
             return statistics.median(quiet or busy)
-        return statistics.median(quiet) * (1 + gap) / 2 if quiet else statistics.median(busy) * (1 + 1 / gap) / 2
+        return (states[0] + states[1]) / 2
 
 
 def _full_export(analysis: Analysis, plan: Plan) -> Any:
