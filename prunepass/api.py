@@ -101,7 +101,7 @@ def prune(model: nn.Module, example_inputs: Any, *, data: Iterable | None = None
           entry_point: str = "forward", calibration_steps: int | None = None, finetune_bn_steps: int | None = None,
           out_dir: str | Path | None = None, strict: bool = False, measure: bool = True, threads: int = 1,
           seed: int = 0, n_search_steps: int = 200, checkpoint: str | Path | None = None,
-          show_progress: bool = False, **sample_fns: Any) -> PruneResult:
+          show_progress: bool = False, state_memory: bool = True, **sample_fns: Any) -> PruneResult:
     """Analyse, score, select and apply in one call.
 
     ``data`` + ``loss_fn(output, batch)`` give gradient importance (``criterion`` taylor,
@@ -110,8 +110,11 @@ def prune(model: nn.Module, example_inputs: Any, *, data: Iterable | None = None
     machine).  ``constraint`` (:class:`~prunepass.select.ChannelConstraint`) sets the widths a
     group may take: minimum channels, a step, and ``rules`` that give matched groups their own
     constraint or keep them whole (``rules={"layer4.*": None, "head_dim": None}``).  With
-    ``out_dir`` the pruned state dict, plan, ONNX file and report are written there.  The
-    user's model is never modified."""
+    ``out_dir`` the pruned state dict, plan, ONNX file and report are written there.  A latency
+    target remembers what the run saw of the machine's quiet and busy states for the next run of
+    this model here (``prunepass.select.states``; ``state_memory=False`` or
+    ``PRUNEPASS_STATE_MEMORY=0`` neither reads nor writes it).  The user's model is never
+    modified."""
     t0 = time.perf_counter()
     target = Target.parse(target)
     a = analyze(model, example_inputs, entry_point)
@@ -125,7 +128,7 @@ def prune(model: nn.Module, example_inputs: Any, *, data: Iterable | None = None
                       "falling back to weight magnitude", stacklevel=2)
         scores = magnitude_scores(model, a)
     oracle = LatencyOracle(a, threads=threads) if target.metric == "latency" else None
-    memory = StateMemory.for_analysis(a, threads) if oracle is not None and measure else None
+    memory = StateMemory.for_analysis(a, threads) if oracle is not None and measure and state_memory else None
     if memory is not None:
         oracle.prior = memory.prior()
     plan_loss = (_plan_loss(model, a, data, loss_fn, entry_point, sample_fns.get("sample_to_model_inputs"))

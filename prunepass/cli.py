@@ -103,6 +103,9 @@ data:
                          "whole heads only) or a module whose outputs they are (fc, layer4.*); repeatable")
     pr.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads for timing")
     pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--no-state-memory", action="store_true",
+                    help="latency targets: neither use nor record what earlier runs saw of this machine's quiet "
+                         "and busy states (kept in ~/.cache/prunepass; PRUNEPASS_STATE_MEMORY=0 does the same)")
     pr.add_argument("--strict", action="store_true", help="fail (exit 4) when the target cannot be met")
     pr.add_argument("--out", type=Path, default=Path("prunepass_out"), help="output folder (default prunepass_out)")
     pr.set_defaults(func=cmd_prune)
@@ -215,7 +218,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from prunepass.data import builtin_calibration, first_of
     from prunepass.errors import TargetNotMetError
     from prunepass.loading import load_model
-    from prunepass.report import summary_rows
+    from prunepass.report import state_sentence, summary_rows
     from prunepass.tables import grid
 
     model, inputs = load_model(args.model, args.input_shape)
@@ -231,12 +234,16 @@ def cmd_prune(args: argparse.Namespace) -> int:
         result = prune(model, inputs, data=loader, loss_fn=loss_fn, target=args.target, strategy=args.strategy,
                        criterion=args.criterion, constraint=_constraint(args), entry_point=args.entry_point,
                        calibration_steps=args.steps, out_dir=args.out, strict=args.strict, threads=args.threads,
-                       seed=args.seed, show_progress=not args.quiet, **sample_fns)
+                       seed=args.seed, show_progress=not args.quiet, state_memory=not args.no_state_memory,
+                       **sample_fns)
     except TargetNotMetError as exc:
         print(f"prunepass prune: target not met: {exc}", file=sys.stderr)
         return EXIT_TARGET
     rep = result.report
     _emit(grid(summary_rows(rep), header=["", "original", "pruned", "ratio"]), None)
+    states = (rep.get("latency") or {}).get("states")
+    if states:
+        _emit(f"machine states: {state_sentence(states)}", None)
     status = "met" if rep["met"] else "NOT met (closest result kept)"
     _emit(f"target {rep['target']}: {status}; strategy {rep['strategy']}; wrote {args.out}/ "
           "(model.onnx, plan.json, pruned_state_dict.pt, report.json, report.md)", None)

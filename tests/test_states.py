@@ -141,3 +141,20 @@ def test_prune_remembers_the_states_for_the_next_run(digits, monkeypatch, tmp_pa
     api.prune(model, (x,), target="flops=90%")
     assert len(priors) == 4 and priors[3] is None
     assert torch.equal(model.features[0].weight, models.get("digits_cnn")[0].features[0].weight)
+
+
+def test_cli_prints_the_states_and_can_leave_the_memory_alone(capsys, monkeypatch, tmp_path):
+    from prunepass.cli import main
+
+    monkeypatch.setattr(api, "select_plan", lambda a, *args, **kw: (Plan.from_keep(a, {}), None))
+    monkeypatch.setenv("PRUNEPASS_CACHE_DIR", str(tmp_path / "cache"))
+    for extra in ([], ["--no-state-memory"]):
+        out_dir = tmp_path / f"out{len(extra)}"
+        code = main(["prune", "digits_cnn", "--target", "latency=90%", "--criterion", "magnitude",
+                     "--out", str(out_dir), "--quiet", *extra])
+        out = capsys.readouterr().out
+        assert code == 0 and "machine states: this run saw the original at" in out
+        states = json.loads((out_dir / "report.json").read_text())["latency"]["states"]
+        assert (states["memory"] is None) == bool(extra)
+        assert ("Machine states:" in (out_dir / "report.md").read_text())
+    assert StateMemory.for_analysis(analyze(*models.get("digits_cnn")), 1).prior().runs == 1  # only the first run
