@@ -112,8 +112,8 @@ def prune(model: nn.Module, example_inputs: Any, *, data: Iterable | None = None
     constraint or keep them whole (``rules={"layer4.*": None, "head_dim": None}``).  With
     ``out_dir`` the pruned state dict, plan, ONNX file and report are written there.  A latency
     target remembers what the run saw of the machine's quiet and busy states for the next run of
-    this model here (``prunepass.select.states``; ``state_memory=False`` or
-    ``PRUNEPASS_STATE_MEMORY=0`` neither reads nor writes it).  The user's model is never
+    this model here, when ``measure`` is on (``prunepass.select.states``; ``state_memory=False``
+    or ``PRUNEPASS_STATE_MEMORY=0`` neither reads nor writes it).  The user's model is never
     modified."""
     t0 = time.perf_counter()
     target = Target.parse(target)
@@ -128,7 +128,7 @@ def prune(model: nn.Module, example_inputs: Any, *, data: Iterable | None = None
                       "falling back to weight magnitude", stacklevel=2)
         scores = magnitude_scores(model, a)
     oracle = LatencyOracle(a, threads=threads) if target.metric == "latency" else None
-    memory = StateMemory.for_analysis(a, threads) if oracle is not None and measure and state_memory else None
+    memory = _state_memory(a, threads) if oracle is not None and measure and state_memory else None
     if memory is not None:
         oracle.prior = memory.prior()
     plan_loss = (_plan_loss(model, a, data, loss_fn, entry_point, sample_fns.get("sample_to_model_inputs"))
@@ -309,13 +309,27 @@ def _record_states(result: PruneResult, oracle: LatencyOracle, memory: StateMemo
     lat = result.report.get("latency") or {}
     if "round_ratios" not in lat:
         return
+    # the final rounds under their own key: their sessions differ from the search's by a few %,
+    # so a gap is only taken within one source
     final = list(zip(lat.get("round_original_ms", []), lat["round_ratios"], strict=False))
-    quiet_ms, gap = oracle.run_states({oracle._key(result.plan): final})
+    quiet_ms, gap = oracle.run_states({("final", oracle._key(result.plan)): final})
     prior = oracle.prior
     lat["states"] = {"quiet_ms": quiet_ms, "gap_seen": gap, "prior": prior.to_dict() if prior else None,
                      "memory": str(memory.path) if memory is not None else None}
     if memory is not None and quiet_ms is not None:
-        memory.remember(quiet_ms, gap)
+        try:
+            memory.remember(quiet_ms, gap)
+        except Exception as exc:  # noqa: BLE001 - the memory is a hint; a run never fails for it
+            log.warning("could not remember the machine's states (%s: %s)", type(exc).__name__, exc)
+
+
+def _state_memory(a: Analysis, threads: int) -> StateMemory | None:
+    """The state memory of this model here, or None when it is off or cannot be used."""
+    try:
+        return StateMemory.for_analysis(a, threads)
+    except Exception as exc:  # noqa: BLE001 - the memory is a hint; a run never fails for it
+        log.warning("machine-state memory unavailable (%s: %s)", type(exc).__name__, exc)
+        return None
 
 
 def _entry_module(model: nn.Module, entry_point: str) -> nn.Module:

@@ -134,7 +134,7 @@ def state_sentence(states: dict[str, Any]) -> str:
     prior = states.get("prior")
     if not prior:
         memo = ("nothing was remembered of earlier runs" if states.get("memory")
-                else "the state memory is off (PRUNEPASS_STATE_MEMORY=0)")
+                else "the state memory was off")
     elif prior.get("gap"):
         memo = (f"{prior['gap_runs']} of {prior['runs']} earlier run{'s' if prior['runs'] != 1 else ''} here saw "
                 f"both states, a median gap of "
@@ -143,4 +143,3 @@ def state_sentence(states: dict[str, Any]) -> str:
         memo = (f"{prior['runs']} earlier run{'s' if prior['runs'] != 1 else ''} here "
                 f"{'were' if prior['runs'] != 1 else 'was'} remembered, and none saw both states")
     return f"{seen}; {memo}."
-

@@ -247,4 +247,3 @@ def test_recheck_latency_judges_plans_on_both_states_when_the_gap_is_known(digit
     # the lower-loss plan measures 2 % over the goal now and its midway estimate 2 % under it, but it
     # runs 7 % under the goal when the machine is quiet
     assert rows[keys[1]]["quiet"] == pytest.approx(0.372) and rows[keys[1]]["busy"] == pytest.approx(0.409)
-

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 import torch
@@ -15,7 +16,15 @@ from prunepass import analyze
 from prunepass.plan import Plan
 from prunepass.report import state_sentence
 from prunepass.select.constraints import ChannelConstraint
-from prunepass.select.states import KEEP_RUNS, STATE_FILE, StateMemory, StatePrior, cache_dir, state_key
+from prunepass.select.states import (
+    KEEP_RUNS,
+    STATE_FILE,
+    STATE_VERSION,
+    StateMemory,
+    StatePrior,
+    cache_dir,
+    state_key,
+)
 from prunepass.select.targets import BUSY_FACTOR, LatencyOracle
 from prunepass.select.uniform import uniform_plan
 
@@ -43,14 +52,44 @@ def test_memory_keeps_the_medians_of_the_last_runs_per_key(tmp_path):
     assert set(data["entries"]) == {"k1"} and not [f for f in os.listdir(tmp_path) if f.startswith(".states-")]
 
 
-def test_a_corrupt_memory_reads_as_empty_and_is_rewritten(tmp_path):
+def test_a_corrupt_memory_reads_as_empty_and_is_rewritten(tmp_path, caplog):
     (tmp_path / STATE_FILE).write_text("{not json")
     mem = StateMemory("k", tmp_path)
     assert mem.prior() is None
     mem.remember(0.9, 1.1)
     assert mem.prior().gap == pytest.approx(1.1)
-    (tmp_path / STATE_FILE).write_text(json.dumps({"version": 1, "entries": {"k": {"quiet_ms": ["x"]}}}))
+    now = time.time()
+    # records that are not what remember() writes are skipped one by one; runs past the age limit too
+    runs = [{"quiet_ms": "x", "t": now}, 5, {"quiet_ms": 0.8, "gap": 1.2, "t": now - 40 * 86400},
+            {"quiet_ms": 0.9, "gap": "y", "t": now}, {"quiet_ms": 1.0, "gap": 1.05, "t": now}]
+    (tmp_path / STATE_FILE).write_text(json.dumps({"version": STATE_VERSION, "entries": {"k": {"runs": runs}}}))
+    assert mem.prior() == StatePrior(quiet_ms=pytest.approx(0.95), gap=pytest.approx(1.05), runs=2, gap_runs=1)
+    mem.remember(1.1, None)
+    assert mem.prior().runs == 3
+    (tmp_path / STATE_FILE).write_text(json.dumps({"version": STATE_VERSION, "entries": {"k": {"runs": 5}, "j": 3}}))
     assert mem.prior() is None
+    mem.remember(0.9, None)
+    assert mem.prior().runs == 1
+    # a path that cannot be read or written: warnings, never an exception
+    (tmp_path / "blocked").mkdir()
+    (tmp_path / "blocked" / STATE_FILE).mkdir()
+    blocked = StateMemory("k", tmp_path / "blocked")
+    assert blocked.prior() is None
+    blocked.remember(0.9, 1.1)
+    assert "machine-state memory" in caplog.text
+
+
+def test_no_home_directory_turns_the_memory_off(monkeypatch):
+    from pathlib import Path
+
+    for name in ("PRUNEPASS_CACHE_DIR", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    assert cache_dir() is None
 
 
 def test_memory_location_and_switch(tmp_path, monkeypatch, digits):
@@ -83,6 +122,12 @@ def test_a_remembered_gap_moves_a_one_state_estimate_midway(digits):
     assert oracle.deployed_estimate(plan) == pytest.approx(0.44 * (1 + 1 / 1.1) / 2)
     oracle.prior = StatePrior(quiet_ms=1.19, gap=1.10, runs=5, gap_runs=4)  # 1.2 ms is this machine's quiet
     assert oracle.deployed_estimate(plan) == pytest.approx(0.44 * 2.1 / 2)
+    # rounds within the busy factor of the run's own quietest are quiet, whatever is remembered
+    oracle.prior = StatePrior(quiet_ms=0.90, gap=1.10, runs=5, gap_runs=4)
+    oracle.deployed_rounds[key] = [(0.95, 0.40), (1.02, 0.41)]
+    assert oracle.state_values(plan) == (pytest.approx(0.405), pytest.approx(0.405 * 1.1))
+    oracle.deployed_rounds[key] = [(1.20, 0.44), (1.22, 0.45), (1.21, 0.44)]
+    oracle.prior = StatePrior(quiet_ms=1.19, gap=1.10, runs=5, gap_runs=4)
     # a gap this run saw itself overrides the remembered one
     busy = 1.20 * BUSY_FACTOR * 1.05
     oracle.deployed_rounds[oracle._key(other)] = [(1.20, 0.30), (busy, 0.36)]
@@ -111,7 +156,7 @@ def test_state_sentence_says_what_was_seen_and_remembered():
            "memory": "/x"}
     assert "no change of state" in state_sentence(one) and "2 of 3 earlier runs" in state_sentence(one)
     assert "+8.0 %" in state_sentence(one)
-    assert "PRUNEPASS_STATE_MEMORY=0" in state_sentence({**seen, "memory": None})
+    assert "the state memory was off" in state_sentence({**seen, "memory": None})
 
 
 def test_prune_remembers_the_states_for_the_next_run(digits, monkeypatch, tmp_path):
@@ -137,9 +182,12 @@ def test_prune_remembers_the_states_for_the_next_run(digits, monkeypatch, tmp_pa
     monkeypatch.setenv("PRUNEPASS_STATE_MEMORY", "off")
     third = api.prune(model, (x,), target="latency=90%")
     assert priors[2] is None and third.report["latency"]["states"]["memory"] is None
+    monkeypatch.delenv("PRUNEPASS_STATE_MEMORY")
+    api.prune(model, (x,), target="latency=90%", state_memory=False)
     # FLOPs targets time nothing and remember nothing
     api.prune(model, (x,), target="flops=90%")
-    assert len(priors) == 4 and priors[3] is None
+    assert len(priors) == 5
+    assert StateMemory.for_analysis(second.analysis, 1).prior().runs == 2  # the first two runs only
     assert torch.equal(model.features[0].weight, models.get("digits_cnn")[0].features[0].weight)
 
 

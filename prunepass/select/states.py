@@ -12,14 +12,15 @@ ratio gap of the runs that saw both states, and hands their medians to the next 
 prior (:class:`StatePrior`).  It works like a timing cache: one JSON file, small, safe to delete.
 
 The file is ``$PRUNEPASS_CACHE_DIR/machine_states.json`` (default ``~/.cache/prunepass``, or
-``$XDG_CACHE_HOME/prunepass``).  ``PRUNEPASS_STATE_MEMORY=0`` turns the memory off: every search
-then starts from what it sees itself, as before."""
+``$XDG_CACHE_HOME/prunepass``).  ``PRUNEPASS_STATE_MEMORY=0`` (or ``prune(state_memory=False)``)
+turns the memory off: every search then starts from what it sees itself."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import statistics
@@ -32,9 +33,10 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 STATE_FILE = "machine_states.json"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: one record per run
 KEEP_RUNS = 12  # per key, the last this many runs are remembered
 KEEP_KEYS = 200  # keys beyond this many are dropped, least recently updated first
+MAX_AGE_DAYS = 30  # runs older than this are forgotten (machines and their neighbours change)
 GAP_LIMITS = (0.8, 1.25)  # a recorded gap outside these is taken for a misreading and not kept
 
 
@@ -59,12 +61,16 @@ def cache_dir() -> Path | None:
         return None
     if os.environ.get("PRUNEPASS_CACHE_DIR"):
         return Path(os.environ["PRUNEPASS_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    try:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    except RuntimeError:  # no home directory (a container run as a user without one)
+        return None
     return Path(base) / "prunepass"
 
 
 def machine_signature() -> str:
-    """The machine as timings see it: host name, CPU model and count, onnxruntime version."""
+    """The machine as timings see it: CPU model and count, onnxruntime version.  Not the host
+    name: containers and CI runners get a new one each run on the same hardware."""
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as f:
@@ -76,26 +82,31 @@ def machine_signature() -> str:
         ort = onnxruntime.__version__
     except ImportError:  # pragma: no cover - onnxruntime is a dependency
         ort = "?"
-    return f"{platform.node()}|{cpu}|{os.cpu_count()}|ort {ort}"
+    return f"{cpu}|{os.cpu_count()}|ort {ort}"
 
 
 def state_key(analysis: Any, threads: int) -> str:
     """The memory's key of one model as timed: architecture (``plan.fingerprint``), the shapes
-    and dtypes of its example inputs, the intra-op threads and the machine."""
+    and dtypes of its example inputs, the intra-op threads, the machine and the torch and
+    prunepass versions (a new exporter can change the original's ONNX and its speed)."""
     import torch
 
+    from prunepass import __version__
     from prunepass.plan import fingerprint
 
     flat = torch.utils._pytree.tree_flatten((analysis.captured.args, analysis.captured.kwargs))[0]
     shapes = [f"{tuple(t.shape)}:{t.dtype}" for t in flat if isinstance(t, torch.Tensor)]
-    text = f"{fingerprint(analysis)}|{shapes}|threads={threads}|{machine_signature()}"
+    text = (f"{fingerprint(analysis)}|{shapes}|threads={threads}|{machine_signature()}|torch {torch.__version__}"
+            f"|prunepass {__version__}")
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
 class StateMemory:
-    """The remembered states of one key (see the module's docstring).  Reading or writing the
-    file never fails a run: a missing, unreadable or corrupt file reads as empty, and a write
-    that fails is logged and skipped."""
+    """The remembered runs of one key (see the module's docstring).  Reading or writing the file
+    never fails a run: a missing, unreadable or corrupt file reads as empty, a record that is not
+    what this module writes is skipped, and a write that fails is logged and skipped.  Two runs
+    that write at the same moment can lose one of their records (the file itself is replaced
+    whole, never left half written)."""
 
     def __init__(self, key: str, directory: Path | None) -> None:
         self.key = key
@@ -108,10 +119,12 @@ class StateMemory:
         return cls(state_key(analysis, threads), directory) if directory is not None else None
 
     def _load(self) -> dict[str, Any]:
-        if self.path is None or not self.path.exists():
+        if self.path is None:
             return {}
         try:
             data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
         except (OSError, ValueError) as exc:
             log.warning("ignoring the unreadable machine-state memory %s (%s)", self.path, exc)
             return {}
@@ -119,33 +132,50 @@ class StateMemory:
             return {}
         return data["entries"]
 
+    def _runs(self, entries: dict[str, Any]) -> list[dict[str, float | None]]:
+        """This key's runs that are well formed and younger than ``MAX_AGE_DAYS``, oldest first."""
+        entry = entries.get(self.key)
+        runs = entry.get("runs") if isinstance(entry, dict) else None
+        oldest = time.time() - MAX_AGE_DAYS * 86400.0
+        out = []
+        for run in runs if isinstance(runs, list) else []:
+            if not isinstance(run, dict):
+                continue
+            quiet, gap, when = _number(run.get("quiet_ms")), _number(run.get("gap")), _number(run.get("t"))
+            if quiet is None or quiet <= 0 or when is None or when < oldest:
+                continue
+            out.append({"quiet_ms": quiet, "gap": gap if gap is not None and GAP_LIMITS[0] <= gap <= GAP_LIMITS[1]
+                        else None, "t": when})
+        return out[-KEEP_RUNS:]
+
     def prior(self) -> StatePrior | None:
         """The medians of the remembered runs of this key; None before any run was remembered."""
-        entry = self._load().get(self.key)
         try:
-            quiet = [float(x) for x in entry.get("quiet_ms", []) if float(x) > 0] if isinstance(entry, dict) else []
-            gaps = [float(x) for x in entry.get("gaps", []) if GAP_LIMITS[0] <= float(x) <= GAP_LIMITS[1]] if quiet else []
-        except (TypeError, ValueError):
+            runs = self._runs(self._load())
+        except Exception as exc:  # noqa: BLE001 - a hint; never fails a run
+            log.warning("ignoring the machine-state memory %s (%s)", self.path, exc)
             return None
-        if not quiet:
+        if not runs:
             return None
-        return StatePrior(statistics.median(quiet), statistics.median(gaps) if gaps else None, len(quiet), len(gaps))
+        gaps = [r["gap"] for r in runs if r["gap"] is not None]
+        return StatePrior(statistics.median(r["quiet_ms"] for r in runs), statistics.median(gaps) if gaps else None,
+                          len(runs), len(gaps))
 
     def remember(self, quiet_ms: float, gap: float | None) -> None:
         """Add one run: the original's latency in its quietest round and, when it saw both states,
         its busy / quiet gap."""
-        if self.path is None or not quiet_ms > 0:
+        if self.path is None or _number(quiet_ms) is None or not quiet_ms > 0:
             return
         entries = self._load()
-        entry = entries.get(self.key) if isinstance(entries.get(self.key), dict) else {}
-        quiet = [*entry.get("quiet_ms", []), round(float(quiet_ms), 5)][-KEEP_RUNS:]
-        gaps = list(entry.get("gaps", []))
-        if gap is not None and GAP_LIMITS[0] <= gap <= GAP_LIMITS[1]:
-            gaps = [*gaps, round(float(gap), 5)][-KEEP_RUNS:]
-        entries[self.key] = {"quiet_ms": quiet, "gaps": gaps, "updated": time.time()}
-        if len(entries) > KEEP_KEYS:
-            ordered = sorted(entries, key=lambda k: entries[k].get("updated", 0) if isinstance(entries[k], dict) else 0)
-            for k in ordered[: len(entries) - KEEP_KEYS]:
+        gap = _number(gap)
+        runs = [*self._runs(entries), {"quiet_ms": round(float(quiet_ms), 5),
+                                       "gap": round(gap, 5) if gap is not None else None, "t": time.time()}]
+        entries[self.key] = {"runs": runs[-KEEP_RUNS:]}
+        if len(entries) > KEEP_KEYS:  # the keys whose last run is oldest go first
+            def last(k: str) -> float:
+                run = (entries[k].get("runs") or [{}])[-1] if isinstance(entries[k], dict) else {}
+                return (_number(run.get("t")) if isinstance(run, dict) else None) or 0.0
+            for k in sorted(entries, key=last)[: len(entries) - KEEP_KEYS]:
                 del entries[k]
         tmp = None
         try:
@@ -153,8 +183,20 @@ class StateMemory:
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".states-", suffix=".json")
             with os.fdopen(fd, "w") as f:
                 json.dump({"version": STATE_VERSION, "entries": entries}, f)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # as an ordinary new file would be, not mkstemp's 0600
             os.replace(tmp, self.path)  # readers see the old file or the new one, never half of one
+            tmp = None
         except OSError as exc:
             log.warning("could not write the machine-state memory %s (%s)", self.path, exc)
+        finally:
             if tmp is not None:
                 Path(tmp).unlink(missing_ok=True)
+
+
+def _number(x: Any) -> float | None:
+    """``x`` as a finite float, or None."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    return float(x) if math.isfinite(x) else None

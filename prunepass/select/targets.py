@@ -208,8 +208,11 @@ class LatencyOracle:
 
     def _busy_cut(self) -> float:
         quiet = min(t for rounds in self.deployed_rounds.values() for t, _ in rounds)
-        if self.prior is not None and self.prior.quiet_ms:
-            quiet = min(quiet, self.prior.quiet_ms)  # a run that saw only busy rounds knows they were busy
+        if self.prior is not None and self.prior.quiet_ms and quiet >= BUSY_FACTOR * self.prior.quiet_ms:
+            # every round so far was slower than the remembered quiet state by more than the
+            # busy factor: a run that saw only busy rounds knows they were busy (otherwise what
+            # the run saw comes first)
+            quiet = self.prior.quiet_ms
         return BUSY_FACTOR * quiet
 
     def _split(self, key: tuple, cut: float) -> tuple[list[float], list[float]]:
@@ -256,7 +259,7 @@ class LatencyOracle:
 
     def state_swing(self, plan: Plan) -> float:
         """How far either state's ratio of ``plan`` lies from its estimate, as a fraction of it
-        (half the busy / quiet gap; 0 while no state change was seen)."""
+        (half the busy / quiet gap; 0 while no state change was seen or remembered)."""
         gap = self.state_gap(plan)
         return abs(gap - 1) / (1 + gap) if gap else 0.0
 
