@@ -216,8 +216,7 @@ class LatencyOracle:
         return BUSY_FACTOR * quiet
 
     def _split(self, key: tuple, cut: float) -> tuple[list[float], list[float]]:
-        rounds = self.deployed_rounds[key]
-        return [r for t, r in rounds if t < cut], [r for t, r in rounds if t >= cut]
+        return _split_rounds(self.deployed_rounds[key], cut)
 
     def state_gap(self, plan: Plan | None = None) -> float | None:
         """busy / quiet ratio of ``plan`` (its own rounds when it ran in both states, else the
@@ -251,8 +250,7 @@ class LatencyOracle:
         quiet_ms = min(every)
         gaps = []
         for v in rounds.values():
-            quiet = [r for t, r in v if t < BUSY_FACTOR * quiet_ms]
-            busy = [r for t, r in v if t >= BUSY_FACTOR * quiet_ms]
+            quiet, busy = _split_rounds(v, BUSY_FACTOR * quiet_ms)
             if quiet and busy:
                 gaps.append(statistics.median(busy) / statistics.median(quiet))
         return quiet_ms, statistics.median(gaps) if gaps else None
@@ -291,6 +289,12 @@ class LatencyOracle:
             quiet, busy = self._states(self._key(plan))
             return statistics.median(quiet or busy)
         return (states[0] + states[1]) / 2
+
+
+def _split_rounds(rounds: list[tuple[float, float]], cut: float) -> tuple[list[float], list[float]]:
+    """The ratios of ``(original's ms, ratio)`` rounds in the quiet state (the original under
+    ``cut`` ms) and in the busy one."""
+    return [r for t, r in rounds if t < cut], [r for t, r in rounds if t >= cut]
 
 
 def _full_export(analysis: Analysis, plan: Plan) -> Any:
