@@ -135,6 +135,12 @@ def state_sentence(states: dict[str, Any]) -> str:
     if not prior:
         memo = ("nothing was remembered of earlier runs" if states.get("memory")
                 else "the state memory was off")
+    elif prior.get("gap") and prior.get("gap_models"):
+        n, runs = prior["gap_models"], prior.get("runs") or 0
+        own = (f"{runs} earlier run{'s' if runs != 1 else ''} of this model here, none in both states; "
+               if runs else "no earlier run of this model here; ")
+        memo = (f"{own}the median gap of {n} other model{'s' if n != 1 else ''} remembered here, "
+                f"{100 * (prior['gap'] - 1):+.1f} %, which the search used when it saw one state only")
     elif prior.get("gap"):
         memo = (f"{prior['gap_runs']} of {prior['runs']} earlier run{'s' if prior['runs'] != 1 else ''} here saw "
                 f"both states, a median gap of "

@@ -52,6 +52,34 @@ def test_memory_keeps_the_medians_of_the_last_runs_per_key(tmp_path):
     assert set(data["entries"]) == {"k1"} and not [f for f in os.listdir(tmp_path) if f.startswith(".states-")]
 
 
+def test_a_first_run_starts_from_the_other_models_gap_on_this_machine(tmp_path):
+    """A model with no gap of its own takes the median of the other models' median gaps
+    remembered with the same machine tag (machine and threads); its own gap, once it has one,
+    comes first, and models of another machine tag never count."""
+    for key, gaps in (("a", [1.05, 1.07]), ("b", [1.09]), ("c", [None])):
+        mem = StateMemory(key, tmp_path, "m1")
+        for gap in gaps:
+            mem.remember(0.5, gap)
+    StateMemory("x", tmp_path, "m2").remember(0.5, 1.20)  # another machine / thread count
+    StateMemory("old", tmp_path).remember(0.5, 1.20)  # written without a tag
+    new = StateMemory("new", tmp_path, "m1")
+    assert new.prior() == StatePrior(quiet_ms=None, gap=pytest.approx(1.075), runs=0, gap_runs=0, gap_models=2)
+    assert "no earlier run of this model here; the median gap of 2 other models remembered here, +7.5 %" in \
+        state_sentence({"quiet_ms": 0.5, "gap_seen": None, "prior": new.prior().to_dict(), "memory": "f"})
+    new.remember(0.6, None)  # a run of its own that saw one state: still the machine's gap
+    assert new.prior() == StatePrior(quiet_ms=pytest.approx(0.6), gap=pytest.approx(1.075), runs=1, gap_runs=0,
+                                     gap_models=2)
+    new.remember(0.6, 1.02)  # its own gap replaces it
+    assert new.prior() == StatePrior(quiet_ms=pytest.approx(0.6), gap=pytest.approx(1.02), runs=2, gap_runs=1)
+    # "c" saw one state only: the median of a (1.06), b (1.09) and now "new" (1.02)
+    assert StateMemory("c", tmp_path, "m1").prior().gap == pytest.approx(1.06)
+    assert StateMemory("none", tmp_path, "m3").prior() is None
+    # the oracle uses a machine gap like its own remembered one
+    oracle = LatencyOracle.__new__(LatencyOracle)
+    oracle.prior, oracle.deployed_rounds = StateMemory("new2", tmp_path, "m1").prior(), {}
+    assert oracle.state_gap() == pytest.approx(1.06)
+
+
 def test_a_corrupt_memory_reads_as_empty_and_is_rewritten(tmp_path, caplog):
     (tmp_path / STATE_FILE).write_text("{not json")
     mem = StateMemory("k", tmp_path)
