@@ -165,7 +165,8 @@ class StateMemory:
         return out[-KEEP_RUNS:]
 
     def prior(self) -> StatePrior | None:
-        """The medians of the remembered runs of this key; None before any run was remembered."""
+        """The medians of the remembered runs of this key, the gap from the other models here
+        when none of them has one; None while neither exists."""
         try:
             entries = self._load()
             runs = self._runs(entries)
