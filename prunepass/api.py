@@ -21,6 +21,7 @@ from prunepass.analysis import Analysis, analyze
 from prunepass.costs import CostModel
 from prunepass.importance import (
     Scores,
+    _progress,
     calibrate,
     call_model,
     default_sample_to_model_inputs,
@@ -134,24 +135,33 @@ def prune(model: nn.Module, example_inputs: Any, *, data: Iterable | None = None
     plan_loss = (_plan_loss(model, a, data, loss_fn, entry_point, sample_fns.get("sample_to_model_inputs"))
                  if data is not None and loss_fn is not None else None)
     evaluator = Evaluator(a, CostModel(a), oracle, plan_loss)
-    plan, search = select_plan(a, scores, target, strategy=strategy, constraint=constraint, evaluator=evaluator,
-                               strict=strict, seed=seed, n_search_steps=n_search_steps, checkpoint=checkpoint)
+    # a latency search times plans for minutes on a large model: a bar counts the timings
+    bar = _progress(None, True, f"timing plans for {target}") if oracle is not None and show_progress else None
+    if bar is not None:
+        oracle.progress = bar
+    try:
+        plan, search = select_plan(a, scores, target, strategy=strategy, constraint=constraint, evaluator=evaluator,
+                                   strict=strict, seed=seed, n_search_steps=n_search_steps, checkpoint=checkpoint)
 
-    def finish(plan: Plan) -> PruneResult:
-        pruned = apply_plan(model, a, plan, inplace=False)
-        if finetune_bn_steps and data is not None:
-            finetune_bn(pruned, data, steps=finetune_bn_steps, entry_point=entry_point, show_progress=show_progress,
-                        **{k: v for k, v in sample_fns.items() if k == "sample_to_model_inputs"})
-        report = build_report(a, plan, evaluator.cost, target, search, strategy, scores.criterion)
-        return PruneResult(pruned, plan, a, report, None, search, scores)
+        def finish(plan: Plan) -> PruneResult:
+            pruned = apply_plan(model, a, plan, inplace=False)
+            if finetune_bn_steps and data is not None:
+                finetune_bn(pruned, data, steps=finetune_bn_steps, entry_point=entry_point, show_progress=show_progress,
+                            **{k: v for k, v in sample_fns.items() if k == "sample_to_model_inputs"})
+            report = build_report(a, plan, evaluator.cost, target, search, strategy, scores.criterion)
+            return PruneResult(pruned, plan, a, report, None, search, scores)
 
-    result = finish(plan)
-    if measure or out_dir is not None:
-        base_proto = _emit_and_measure(result, model, out_dir, threads, measure)
-        if measure:
-            result = _recheck(result, finish, evaluator, model, out_dir, threads, base_proto)
-            if oracle is not None:
-                _record_states(result, oracle, memory)
+        result = finish(plan)
+        if measure or out_dir is not None:
+            base_proto = _emit_and_measure(result, model, out_dir, threads, measure)
+            if measure:
+                result = _recheck(result, finish, evaluator, model, out_dir, threads, base_proto)
+                if oracle is not None:
+                    _record_states(result, oracle, memory)
+    finally:
+        if bar is not None:
+            bar.close()
+            oracle.progress = None
     result.report["seconds"] = round(time.perf_counter() - t0, 2)
     if out_dir is not None:
         write_outputs(result, Path(out_dir))

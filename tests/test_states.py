@@ -234,3 +234,27 @@ def test_cli_prints_the_states_and_can_leave_the_memory_alone(capsys, monkeypatc
         assert (states["memory"] is None) == bool(extra)
         assert ("Machine states:" in (out_dir / "report.md").read_text())
     assert StateMemory.for_analysis(analyze(*models.get("digits_cnn")), 1).prior().runs == 1  # only the first run
+
+
+def test_a_latency_search_counts_its_timings_on_a_progress_bar(digits, monkeypatch, capsys):
+    """With ``show_progress`` a latency target's timings are counted on a bar while the search
+    runs (search timings and deployed ones alike), and the bar is closed and detached after."""
+    model, inputs, _ = digits
+    seen = []
+
+    def select(a, scores, target, *, evaluator, **kw):  # two timings, then no plan change
+        oracle = evaluator.latency
+        seen.append(oracle.progress)
+        half = uniform_plan(a, 0.5, constraint=ChannelConstraint(step=8))
+        oracle(half)
+        oracle.deployed_ratios([half])
+        seen.append(getattr(oracle.progress, "n", None))
+        return Plan.from_keep(a, {}), None
+
+    monkeypatch.setattr(api, "select_plan", select)
+    result = api.prune(model, inputs, target="latency=90%", show_progress=True, state_memory=False)
+    assert seen[0] is not None and seen[1] == 2
+    assert "timing plans for latency=90%" in capsys.readouterr().err
+    quiet = api.prune(model, inputs, target="latency=90%", state_memory=False)
+    assert seen[2:] == [None, None] and quiet.report["latency"]["ratio"] > 0
+    assert result.report["latency"]["ratio"] > 0

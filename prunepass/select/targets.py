@@ -109,7 +109,13 @@ class LatencyOracle:
         # the remembered gap moves a plan's estimate midway as if it had seen both
         self.prior: StatePrior | None = None
         self.evaluations = 0
+        self.progress: Any = None  # a tqdm-like bar (``update(n)``) that counts the timings, when set
         self.mode = "fast" if use_fast_path else "export"
+
+    def _count(self, n: int) -> None:
+        self.evaluations += n
+        if self.progress is not None:
+            self.progress.update(n)
 
     def _key(self, plan: Plan) -> tuple:
         w = plan.widths(self.analysis)
@@ -134,7 +140,7 @@ class LatencyOracle:
     def measure(self, plan: Plan, runs: int | None = None) -> float:
         from prunepass.onnx_backend import OnnxExportError, OnnxTemplate, paired_latency
 
-        self.evaluations += 1
+        self._count(1)
         kwargs = dict(threads=self.threads, runs=runs or self.runs, warmup=self.warmup)
         if self._fast:
             try:
@@ -173,7 +179,7 @@ class LatencyOracle:
         export, so a search confirms its answer with this."""
         from prunepass.onnx_backend import paired_rounds
 
-        self.evaluations += len(plans)
+        self._count(len(plans))
         if not self._deployed_refs:
             proto = _full_export(self.analysis, _empty(self.analysis))
             self._deployed_refs = [_session(self.analysis, proto, self.threads) for _ in range(REF_SESSIONS)]
