@@ -456,6 +456,36 @@ def test_infeasible_latency_target_picks_the_fastest_as_deployed(digits, deploye
         assert widths != floor and got[2] > value
 
 
+@pytest.mark.parametrize("with_loss", [True, False])
+def test_settle_narrowing_is_guided_by_the_calibration_loss(digits, with_loss):
+    """Narrowing an answer that runs over its goal: by summed importance alone the first group
+    goes first (its channels score lowest per FLOP), though the network cannot spare it; with a
+    calibration loss the step that raises the loss least per FLOP removed is taken instead, and
+    the narrowed plan still reaches the goal."""
+    import prunepass.select.strategies as strategies
+
+    model, a, _ = digits
+    stub = _StubLatency(a)
+    start = {"g0": 16, "g1": 32, "g2": 64, "g3": 64}
+    _, rank, options, plan, _ = _settle_setup(a, stub, start)
+    rank = {**rank, "g0": np.full(16, 1e-6)}  # g0 looks free to the summed importance
+
+    def loss(p):
+        w = p.widths(a)
+        return 10.0 / w["g0"] + 0.1 / w["g2"] + 0.1 / w["g3"] + 0.1 / w["g1"]
+
+    ev = Evaluator(a, CostModel(a), stub, loss if with_loss else None)
+    value = sum(strategies.kept_value(rank[k], w) for k, w in start.items())
+    goal = 0.93 * stub(plan)
+    got, latency, _ = strategies._step_latency(a, ev, rank, options, (plan, stub(plan), value), goal,
+                                               [(float(ev.cost.flops()), stub(plan))], [], widen=False)
+    assert latency == pytest.approx(stub(got)) and latency <= goal
+    if with_loss:
+        assert got.widths(a)["g0"] == 16 and loss(got) < 10.0 / 8
+    else:
+        assert got.widths(a)["g0"] < 16
+
+
 class _FlatStub(_BiasedStub):
     """The digits CNN at batch 1, searched and deployed alike: per-operator overhead is most of
     the latency, so the narrowest network is barely faster than much wider ones."""
