@@ -346,6 +346,12 @@ def test_latency_answer_settles_on_the_deployed_timing(resnet, bias):
     assert any(h.get("deployed") for h in rep.history)
     assert abs(deployed / rep.goal - 1) < abs(unsettled / rep.goal - 1)
     assert plan.widths(a) != plain_plan.widths(a)
+    # the report says which step chose the shipped widths: the MILP first, the deployed answer last,
+    # and a settle step in between that moved the plan
+    names = [st["stage"].split(" ")[0] for st in rep.stages]
+    assert names[0] == "milp" and names[-1] == "deployed" and "settle" in names
+    assert rep.stages[-1]["widths"] == plan.widths(a) and rep.stages[-1]["latency"] == pytest.approx(rep.achieved)
+    assert rep.stages[names.index("candidates")]["widths"] != plan.widths(a)
 
 
 class _CoarseStub(_BiasedStub):

@@ -80,7 +80,8 @@ def run_one(name: str, percent: float, threads: int, strategy: str, batch: int |
             "error": ratio / (percent / 100) - 1, "never_slower": max(every) <= 1.0,
             "measurements": every, "original_ms_each": states,
             "recheck": check["kept"] if check else "-", "recheck_detail": check, "states": lat.get("states"),
-            "flops_ratio": r.report["flops"]["pruned"] / r.report["flops"]["original"]}
+            "flops_ratio": r.report["flops"]["pruned"] / r.report["flops"]["original"],
+            "stages": search.stages if search else [], "report": r.report}
 
 
 def main() -> None:
@@ -93,6 +94,7 @@ def main() -> None:
     p.add_argument("--remeasure", type=int, default=2,
                    help="extra measurements of each answer; the verdict is on the median of all")
     p.add_argument("--json")
+    p.add_argument("--save", help="folder for each run's row with prune()'s full report (search history, stages)")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     logging.basicConfig(level=logging.ERROR)
@@ -123,9 +125,17 @@ def main() -> None:
                   + ", ".join(f"{','.join(map(str, r['widths']))} {r['estimate']:.3f}->{r['now']:.3f}"
                               for r in check["rows"])
                   + f"; second {check.get('second_ratio', float('nan')):.3f}, kept {check['kept']}", flush=True)
+        if row["stages"]:  # which step of the search chose the shipped widths
+            print(f"{'':14s} stages: " + "; ".join(
+                f"{st['stage'].split(' (')[0]} {st['latency']:.3f}" + (f" loss {st['loss']:.3g}" if st["loss"] is not None else "")
+                for st in row["stages"]), flush=True)
+        if args.save:
+            os.makedirs(args.save, exist_ok=True)
+            with open(os.path.join(args.save, f"{row['model']}_{args.target:g}.json"), "w") as f:
+                json.dump(row, f, indent=1, default=str)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+            json.dump([{k: v for k, v in r.items() if k != "report"} for r in rows], f, indent=1, default=str)
 
 
 if __name__ == "__main__":

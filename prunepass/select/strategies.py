@@ -78,6 +78,9 @@ class SearchReport:
     seconds: float = 0.0
     evaluations: int = 0
     message: str = ""
+    # a latency search's answer after each of its steps ({"stage", "widths", "latency", "loss"}):
+    # which step chose the widths that shipped
+    stages: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -203,12 +206,25 @@ def target_plan(analysis: Analysis, scores: Scores, target: Target, evaluator: E
     return plan, _finish("target", target, base, goal, achieved, history, evaluator, t0, strict)
 
 
+def _stage(stages: list[dict[str, Any]], name: str, analysis: Analysis, evaluator: Evaluator,
+           chosen: tuple[Plan, float, float]) -> None:
+    """Record (and log at DEBUG) a latency search's answer after one of its steps, with its
+    calibration loss when that was computed anyway."""
+    plan, latency, _ = chosen
+    widths = {k: int(v) for k, v in plan.widths(analysis).items()}
+    loss = evaluator.cached_loss(plan)
+    stages.append({"stage": name, "widths": widths, "latency": float(latency), "loss": loss})
+    log.debug("after %s: widths %s, latency %.4g, calibration loss %s", name, list(widths.values()), latency,
+              "-" if loss is None else f"{loss:.4g}")
+
+
 def _finish(name: str, target: Target, base: float, goal: float, achieved: float, history: list,
-            evaluator: Evaluator, t0: float, strict: bool, predicted: float | None = None) -> SearchReport:
+            evaluator: Evaluator, t0: float, strict: bool, predicted: float | None = None,
+            stages: list[dict[str, Any]] | None = None) -> SearchReport:
     slack = 1.07 if target.metric == "latency" else 1.0 + 1e-9
     met = achieved <= goal * slack
     report = SearchReport(name, str(target), base, goal, achieved, met, history, predicted,
-                          time.perf_counter() - t0, len(history))
+                          time.perf_counter() - t0, len(history), stages=stages or [])
     if not met:
         why = ("minimum channel constraints may forbid pruning further" if target.metric != "latency" else
                "per-operator overhead on small inputs or minimum channel constraints may forbid a faster network")
@@ -301,18 +317,25 @@ def knapsack_plan(analysis: Analysis, scores: Scores, target: Target, evaluator:
     chosen = best or fallback
     if chosen is None:
         raise TargetNotMetError("the knapsack solver found no feasible selection")
+    stages: list[dict[str, Any]] = []
     if target.metric == "latency":
+        _stage(stages, "milp", analysis, evaluator, chosen)
         confirmed = _confirm_latency(evaluator, tried, goal, tolerance)
         chosen = confirmed or chosen
+        _stage(stages, "confirm", analysis, evaluator, chosen)
         if confirmed is not None and chosen[1] < goal * (1 - tolerance):
             chosen = _fill_latency(analysis, evaluator, rank, options, chosen, goal, points, history)
+            _stage(stages, "fill", analysis, evaluator, chosen)
         chosen = _pick_latency_candidate(analysis, evaluator, rank, options, constraint, chosen, goal, tolerance,
                                          points, history)
-        chosen = _settle_deployed(analysis, evaluator, rank, options, chosen, goal, points, history)
+        _stage(stages, "candidates", analysis, evaluator, chosen)
+        chosen = _settle_deployed(analysis, evaluator, rank, options, chosen, goal, points, history, stages)
         chosen = (chosen[0], _time_again_if_over(evaluator, chosen[0], chosen[1], goal), chosen[2])
+        _stage(stages, "deployed", analysis, evaluator, chosen)
     plan, achieved, _ = chosen
     predicted = history[-1].get("predicted") if history else None
-    return plan, _finish("knapsack", target, base, goal, achieved, history, evaluator, t0, strict, predicted)
+    return plan, _finish("knapsack", target, base, goal, achieved, history, evaluator, t0, strict, predicted,
+                         stages)
 
 
 def _time_again_if_over(evaluator: Evaluator, plan: Plan, achieved: float, goal: float) -> float:
@@ -424,8 +447,8 @@ def _settle_band(evaluator: Evaluator, plan: Plan) -> float:
 
 def _settle_deployed(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.ndarray],
                      options: dict[str, list[int]], chosen: tuple[Plan, float, float], goal: float,
-                     points: list[tuple[float, float]], history: list[dict[str, float]]
-                     ) -> tuple[Plan, float, float]:
+                     points: list[tuple[float, float]], history: list[dict[str, float]],
+                     stages: list[dict[str, Any]] | None = None) -> tuple[Plan, float, float]:
     """Time the search's answer as it will ship (``evaluator.deployed``: full export, in turn
     with the original's) and, when that lands more than ``_settle_band`` off the goal, widen or
     narrow it against a goal rescaled by the measured bias (deployed / search timing of this very
@@ -453,8 +476,9 @@ def _settle_deployed(analysis: Analysis, evaluator: Evaluator, rank: dict[str, n
         if abs(deployed / goal - 1) <= _settle_band(evaluator, plan):
             break
         scaled = goal * fast / deployed  # the goal on the search's scale, at this plan's bias
+        widen = deployed < goal
         moved = _step_latency(analysis, evaluator, rank, options, (plan, fast, value), scaled, points, history,
-                              widen=deployed < goal)
+                              widen=widen)
         if moved[0].widths(analysis) == plan.widths(analysis):
             break
         timed = evaluator.deployed([plan, moved[0]])
@@ -463,6 +487,10 @@ def _settle_deployed(analysis: Analysis, evaluator: Evaluator, rank: dict[str, n
         deployed, moved_deployed = timed
         history.append({"value": deployed, "score": value, "deployed": 1.0})
         history.append({"value": moved_deployed, "score": moved[2], "deployed": 1.0})
+        if stages is not None:
+            _stage(stages, f"settle {'widen' if widen else 'narrow'} "
+                   f"(deployed {moved_deployed:.4g}, answer {deployed:.4g}, goal {goal:.4g})",
+                   analysis, evaluator, moved)
         if moved_deployed > goal * (1 + CLOSER_OVER) or abs(moved_deployed / goal - 1) >= abs(deployed / goal - 1):
             break
         plan, fast, value = moved
@@ -476,6 +504,8 @@ def _settle_deployed(analysis: Analysis, evaluator: Evaluator, rank: dict[str, n
             break
         plan, deployed, value = moved
         fast = evaluator.value("latency", plan)
+        if stages is not None:
+            _stage(stages, "neighbours", analysis, evaluator, moved)
     return plan, deployed, value
 
 

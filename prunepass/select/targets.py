@@ -354,6 +354,10 @@ class Evaluator:
             self._loss_cache[key] = float(self._loss(plan))
         return self._loss_cache[key]
 
+    def cached_loss(self, plan: Plan) -> float | None:
+        """The plan's calibration loss if it was computed already, else None (computes nothing)."""
+        return self._loss_cache.get(tuple(sorted((k, tuple(v)) for k, v in plan.keep.items())))
+
     @property
     def latency(self) -> LatencyOracle:
         if self._latency is None:
