@@ -125,10 +125,11 @@ def main() -> None:
                   + ", ".join(f"{','.join(map(str, r['widths']))} {r['estimate']:.3f}->{r['now']:.3f}"
                               for r in check["rows"])
                   + f"; second {check.get('second_ratio', float('nan')):.3f}, kept {check['kept']}", flush=True)
-        if row["stages"]:  # which step of the search chose the shipped widths
+        if row["stages"]:  # which step of the search chose the shipped widths (latency / the search's base)
+            base = row["report"]["search"]["base"]
             print(f"{'':14s} stages: " + "; ".join(
-                f"{st['stage'].split(' (')[0]} {st['latency']:.3f}" + (f" loss {st['loss']:.3g}" if st["loss"] is not None else "")
-                for st in row["stages"]), flush=True)
+                f"{st['stage'].split(' (')[0]} {st['latency'] / base:.3f}"
+                + (f" loss {st['loss']:.3g}" if st["loss"] is not None else "") for st in row["stages"]), flush=True)
         if args.save:
             os.makedirs(args.save, exist_ok=True)
             with open(os.path.join(args.save, f"{row['model']}_{args.target:g}.json"), "w") as f:
