@@ -580,6 +580,14 @@ def ours_notes(r: PruneResult) -> list[str]:
         notes.append(f"self-reported latency {lat['pruned']['median_ms']:.3f}/{lat['original']['median_ms']:.3f} ms "
                      f"= {lat['ratio']:.3f} (search predicted {lat.get('predicted_ms', float('nan')):.3f}, "
                      f"goal {lat.get('goal_ms', float('nan')):.3f}, within_7pct={lat.get('within_7pct')})")
+    if r.search is not None and r.search.stages and r.search.base:  # which search step chose the widths
+        small = len(r.search.stages[0]["widths"]) <= 8
+        notes.append("stages " + ", ".join(
+            f"{st['stage'].split(' (')[0]}"
+            + (f" {'/'.join(map(str, st['widths'].values()))}" if small else "")
+            + f" {st['latency'] / r.search.base:.3f}" for st in r.search.stages))
+    if lat.get("recheck"):
+        notes.append(f"re-check kept the {lat['recheck'].get('kept')}")
     return notes
 
 
