@@ -572,6 +572,47 @@ def test_small_space_is_ranked_whole_by_calibration_loss(digits, monkeypatch):
     assert strategies._small_space_candidates(a, ev, rank, options, goal, points, []) == []
 
 
+class _HighDrawStub(_StubLatency):
+    """Every plan's one search timing lands 4 % over its latency; a longer measurement gets it."""
+
+    def __call__(self, plan):
+        return 1.04 * super().__call__(plan)
+
+    def measure(self, plan, runs=None):
+        return super().__call__(plan)
+
+
+def test_small_space_times_a_near_miss_again_before_ruling_it_out(digits):
+    """The lowest-loss plan under the goal is timed once 4 % over it (one noisy draw): it is
+    timed again with more runs and still wins, instead of a plan with more loss."""
+    import itertools
+
+    import prunepass.select.strategies as strategies
+
+    model, a, _ = digits
+    stub = _HighDrawStub(a)
+
+    def loss(plan):
+        w = plan.widths(a)
+        return 1.0 / (w["g0"] * w["g1"] * min(w["g2"], w["g3"]))
+
+    ev = Evaluator(a, CostModel(a), stub, loss)
+    _, rank, options, plan, _ = _settle_setup(a, stub, {"g0": 16, "g1": 32, "g2": 64, "g3": 64})
+    true = _StubLatency.__call__
+    full = float(ev.cost.flops())
+    half = strategies.plan_from_widths(a, {"g0": 8, "g1": 16, "g2": 32, "g3": 32}, rank)
+    points = [(full, true(stub, plan)), (float(ev.cost.flops(half.widths(a))), true(stub, half))]
+    every = [strategies.plan_from_widths(a, dict(zip(options, c, strict=True)), rank)
+             for c in itertools.product(*options.values())]
+    under = [p for p in every if true(stub, p) <= 0.6 * true(stub, plan)]
+    best = min(under, key=lambda p: (loss(p), ev.cost.flops(p.widths(a))))
+    goal = true(stub, best)  # its one draw is 4 % over this goal
+    assert stub(best) > goal
+    fits = strategies._small_space_candidates(a, ev, rank, options, goal, points, [])
+    assert fits and fits[0][0].widths(a) == best.widths(a) and fits[0][1] == pytest.approx(goal)
+    assert all(f[1] <= goal for f in fits)
+
+
 class _OverStub(_BiasedStub):
     """The digits CNN where g2 costs 0.05 and g3 0.01 per 8 channels (g0, g1 nothing)."""
 

@@ -61,6 +61,11 @@ SMALL_SPACE = 1024  # (each plan in the window costs one calibration-loss evalua
 SMALL_SPACE_WINDOW = (0.75, 1.2)  # FLOPs-predicted latency this many goals wide is ranked
 SMALL_SPACE_FITS = 4  # lowest-loss plans timed under the goal that join the finalists
 SMALL_SPACE_TIMINGS = 24  # at most this many plans are timed
+# a small-space plan whose one search timing lands this little over the goal is timed again with
+# more runs before it is ruled out: one draw is only good to a few percent, and the plans just over
+# are often the ones that keep the layer a small network cannot spare (the digits CNN at 50 %:
+# (16, 16, 32, 32) at +5 % on one draw, its loss a third of the (8, 24, 32, 24) that fit)
+SMALL_SPACE_NEAR = 0.05
 
 
 @dataclass
@@ -865,7 +870,8 @@ def _small_space_candidates(analysis: Analysis, evaluator: Evaluator, rank: dict
     calibration loss: the plans whose latency, predicted from FLOPs by the measurements so far,
     lies within ``window`` (goals, ``SMALL_SPACE_WINDOW`` by default), in order of calibration loss, are timed until
     ``SMALL_SPACE_FITS`` of them fit under the goal (at most ``SMALL_SPACE_TIMINGS`` timings;
-    of plans with equal losses only the one with the fewest FLOPs).
+    of plans with equal losses only the one with the fewest FLOPs).  A plan timed at most
+    ``SMALL_SPACE_NEAR`` over the goal is timed again with more runs, and that timing decides.
     Returns those that fit, ``(plan, latency, kept importance)``.  The knapsack adds importance
     up group by group; on a small network that misjudges what a plan costs (the digits CNN at
     50 %: (8, 24, 32, 40) has a fifth of the calibration loss of the MILP's (16, 8, 64, 32))."""
@@ -893,10 +899,13 @@ def _small_space_candidates(analysis: Analysis, evaluator: Evaluator, rank: dict
         history.append({"value": latency, "score": value, "small_space": 1.0})
         log.debug("small space %s: latency %.4g (goal %.4g), calibration loss %.4g",
                   list(widths.values()), latency, goal, evaluator.loss(plan))
-        if latency <= goal:
-            fits.append((plan, evaluator.remeasure(plan), value))  # more runs, as the other finalists had
-            if len(fits) >= SMALL_SPACE_FITS:
-                break
+        if latency <= goal * (1 + SMALL_SPACE_NEAR):
+            latency = evaluator.remeasure(plan)  # more runs, as the other finalists had
+            history.append({"value": latency, "score": value, "small_space": 1.0})
+            if latency <= goal:
+                fits.append((plan, latency, value))
+                if len(fits) >= SMALL_SPACE_FITS:
+                    break
     return fits
 
 
