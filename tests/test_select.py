@@ -354,6 +354,39 @@ def test_latency_answer_settles_on_the_deployed_timing(resnet, bias):
     assert rep.stages[names.index("candidates")]["widths"] != plan.widths(a)
 
 
+class _BusyAfterDeployStub(_BiasedStub):
+    """The machine turns busy once the answer is first timed as deployed: search timings from
+    then on run 25 % slower against the original's, taken before; deployed timings are paired
+    with the original's, so the state does not move them."""
+
+    def __call__(self, plan):
+        return (1.25 if self.deployed_calls else 1.0) * super().__call__(plan)
+
+    def deployed_ratios(self, plans):
+        self.deployed_calls += 1
+        full = Plan.from_keep(self.analysis, {})
+        return [self.bias * _StubLatency.__call__(self, p) / _StubLatency.__call__(self, full) for p in plans]
+
+
+def test_settle_step_aims_on_timings_taken_in_the_same_state(resnet, monkeypatch):
+    """The deployed answer runs 10 % over its goal and the machine turns busy as the settle step
+    starts: the step's goal is rescaled against a timing of the answer taken now, not its search
+    timing from before the change, so it narrows to the goal instead of 24 % past it (which is
+    further off than the answer, so the answer stayed 9 % over; the neighbour passes, off here,
+    can bridge that on this stub but not on the zoo's resnet50 in a busy spell)."""
+    import prunepass.select.strategies as strategies
+    from prunepass.select.strategies import SETTLE_BAND
+
+    monkeypatch.setattr(strategies, "NEIGHBOUR_PASSES", 0)
+    model, a, s = resnet
+    stub = _BusyAfterDeployStub(a, 1.1)
+    plan, rep = knapsack_plan(a, s, Target.parse("latency=70%"), Evaluator(a, CostModel(a), stub),
+                              ChannelConstraint(step=8))
+    deployed = stub.deployed_ratios([plan])[0] * rep.base
+    assert rep.met and rep.achieved == pytest.approx(deployed)
+    assert abs(deployed / rep.goal - 1) <= 2 * SETTLE_BAND
+
+
 class _CoarseStub(_BiasedStub):
     """Latency of the digits CNN where only the first two groups count, in steps so coarse that
     no single step from (8, 16) lands near 0.78: g0 16 -> +0.25, g1 +-8 -> +-0.075."""
