@@ -387,6 +387,35 @@ def test_settle_step_aims_on_timings_taken_in_the_same_state(resnet, monkeypatch
     assert abs(deployed / rep.goal - 1) <= 2 * SETTLE_BAND
 
 
+class _SteepStub(_BiasedStub):
+    """The deployed model's latency ratio grows as the square of the search's (the bias of the
+    fast path is not one number): a move aimed on one plan's bias jumps over the goal."""
+
+    def deployed_ratios(self, plans):
+        self.deployed_calls += 1
+        full = self(Plan.from_keep(self.analysis, {}))
+        return [self.bias * (self(p) / full) ** 2 for p in plans]
+
+
+def test_settle_step_tries_halfway_when_a_move_jumps_over_the_goal(resnet, monkeypatch):
+    """The answer lands 10 % over as deployed; the settle move aimed on its bias lands about 9 %
+    under.  A plan halfway between (some of the narrowed groups put back) is timed too, and it
+    lands in the band where the answer and the move did not (one settle try, no neighbour pass)."""
+    import prunepass.select.strategies as strategies
+
+    monkeypatch.setattr(strategies, "SETTLE_TRIES", 1)
+    monkeypatch.setattr(strategies, "NEIGHBOUR_PASSES", 0)
+    model, a, s = resnet
+    stub = _SteepStub(a, 1.1 / 0.7)  # a plan timed at 0.7 of the original deploys at 0.77
+    plan, rep = knapsack_plan(a, s, Target.parse("latency=70%"), Evaluator(a, CostModel(a), stub),
+                              ChannelConstraint(step=8))
+    deployed = stub.deployed_ratios([plan])[0] * rep.base
+    names = [st["stage"].split(" ")[0:2] for st in rep.stages]
+    assert ["settle", "halfway"] in names
+    assert abs(deployed / rep.goal - 1) <= 2 * strategies.SETTLE_BAND
+    assert rep.achieved == pytest.approx(deployed)
+
+
 class _CoarseStub(_BiasedStub):
     """Latency of the digits CNN where only the first two groups count, in steps so coarse that
     no single step from (8, 16) lands near 0.78: g0 16 -> +0.25, g1 +-8 -> +-0.075."""

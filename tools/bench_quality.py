@@ -775,6 +775,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, S
     a = p.parse_args(argv)
     if min(a.runs, a.bisect_runs) < 3 or min(a.rounds, a.bisect_rounds) < 1:
         p.error("runs must be >= 3 and rounds >= 1")
+    if a.ft_seeds < 1:
+        p.error("--ft-seeds must be >= 1")
     if set(a.tp_variants) - {"local", "global"}:
         p.error("--tp-variants takes local and/or global")
     if not a.criteria or set(a.criteria) - set(CRITERIA):

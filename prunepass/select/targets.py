@@ -349,14 +349,18 @@ class Evaluator:
         ``loss`` callable (``prunepass.prune`` builds one from its data and loss function)."""
         if self._loss is None:
             raise ValueError("this evaluator has no loss function")
-        key = tuple(sorted((k, tuple(v)) for k, v in plan.keep.items()))
+        key = self._loss_key(plan)
         if key not in self._loss_cache:
             self._loss_cache[key] = float(self._loss(plan))
         return self._loss_cache[key]
 
     def cached_loss(self, plan: Plan) -> float | None:
         """The plan's calibration loss if it was computed already, else None (computes nothing)."""
-        return self._loss_cache.get(tuple(sorted((k, tuple(v)) for k, v in plan.keep.items())))
+        return self._loss_cache.get(self._loss_key(plan))
+
+    @staticmethod
+    def _loss_key(plan: Plan) -> tuple:
+        return tuple(sorted((k, tuple(v)) for k, v in plan.keep.items()))
 
     @property
     def latency(self) -> LatencyOracle:
