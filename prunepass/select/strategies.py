@@ -87,7 +87,8 @@ class SearchReport:
     evaluations: int = 0
     message: str = ""
     # a latency search's answer after each of its steps ({"stage", "widths", "latency", "loss"}):
-    # which step chose the widths that shipped
+    # which step chose the widths that shipped (latency: the search's timing up to "candidates",
+    # the deployed timing from the settle step on)
     stages: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -135,6 +136,11 @@ def ranking_scores(scores: Scores) -> dict[str, np.ndarray]:
 def kept_value(order_scores: np.ndarray, width: int) -> float:
     """Sum of the ``width`` largest scores."""
     return float(np.sort(order_scores)[::-1][:width].sum())
+
+
+def _search_meta(plan: Plan) -> dict[str, Any]:
+    """The meta a plan built from another one carries over: its strategy and target."""
+    return {k: v for k, v in plan.meta.items() if k in ("strategy", "target")}
 
 
 def plan_from_widths(analysis: Analysis, widths: dict[str, int], scores: dict[str, np.ndarray] | None,
@@ -393,7 +399,7 @@ def _fill_latency(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.n
     slope = _latency_slope(points)
     blocked: set[str] = set()
     fine: set[str] = set()  # groups whose coarse step did not fit: one allowed width at a time
-    meta = {k: v for k, v in plan.meta.items() if k in ("strategy", "target")}
+    meta = _search_meta(plan)
     for _ in range(max_measurements):
         flops_now = float(cost.flops(widths))
         moves = []
@@ -476,7 +482,7 @@ def _settle_deployed(analysis: Analysis, evaluator: Evaluator, rank: dict[str, n
     CNN at batch 64 and 40 %: the plans whose deployed ratio lies near 0.40 are three group
     steps from the search's answers).  Returns the answer with its deployed latency, or
     ``chosen`` unchanged when the evaluator cannot time deployments."""
-    plan, fast, value = chosen
+    plan, _, value = chosen
     timed = evaluator.deployed([plan])
     if timed is None:
         return chosen
@@ -502,9 +508,9 @@ def _settle_deployed(analysis: Analysis, evaluator: Evaluator, rank: dict[str, n
         deployed, moved_deployed = timed
         history.append({"value": deployed, "score": value, "deployed": 1.0})
         history.append({"value": moved_deployed, "score": moved[2], "deployed": 1.0})
+        moved = (moved[0], moved_deployed, moved[2])  # from here on, the deployed timing
         if stages is not None:
-            _stage(stages, f"settle {'widen' if widen else 'narrow'} "
-                   f"(deployed {moved_deployed:.4g}, answer {deployed:.4g}, goal {goal:.4g})",
+            _stage(stages, f"settle {'widen' if widen else 'narrow'} (answer {deployed:.4g}, goal {goal:.4g})",
                    analysis, evaluator, moved)
         if (moved_deployed - goal) * (deployed - goal) < 0:
             # the move jumped over the goal: a plan halfway between may land nearer it than either
@@ -513,37 +519,36 @@ def _settle_deployed(analysis: Analysis, evaluator: Evaluator, rank: dict[str, n
             timed = evaluator.deployed([plan, mid[0]]) if mid is not None else None
             if timed is not None:
                 deployed, mid_deployed = timed
+                mid = (mid[0], mid_deployed, mid[1])
                 history.append({"value": deployed, "score": value, "deployed": 1.0})
                 history.append({"value": mid_deployed, "score": mid[2], "deployed": 1.0})
                 if stages is not None:
-                    _stage(stages, f"settle halfway (deployed {mid_deployed:.4g}, answer {deployed:.4g})",
-                           analysis, evaluator, mid)
+                    _stage(stages, f"settle halfway (answer {deployed:.4g})", analysis, evaluator, mid)
                 if abs(mid_deployed / goal - 1) < abs(moved_deployed / goal - 1):
                     moved, moved_deployed = mid, mid_deployed
         if moved_deployed > goal * (1 + CLOSER_OVER) or abs(moved_deployed / goal - 1) >= abs(deployed / goal - 1):
             break
-        plan, fast, value = moved
-        deployed = moved_deployed
+        plan, deployed, value = moved
     for _ in range(NEIGHBOUR_PASSES):
         if abs(deployed / goal - 1) <= _settle_band(evaluator, plan):
             break
-        moved = _settle_neighbours(analysis, evaluator, rank, options, (plan, fast, value), deployed, goal, history)
+        moved = _settle_neighbours(analysis, evaluator, rank, options, (plan, deployed, value), deployed, goal,
+                                   history)
         if moved[0].widths(analysis) == plan.widths(analysis):
             deployed = moved[1]  # the answer's latest deployed estimate
             break
         plan, deployed, value = moved
-        fast = evaluator.value("latency", plan)
         if stages is not None:
             _stage(stages, "neighbours", analysis, evaluator, moved)
     return plan, deployed, value
 
 
 def _halfway(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.ndarray], options: dict[str, list[int]],
-             start: Plan, moved: Plan) -> tuple[Plan, float, float] | None:
+             start: Plan, moved: Plan) -> tuple[Plan, float] | None:
     """A plan between ``start`` and ``moved`` (which changed several groups): ``moved`` with the
     changes that keep the most importance per FLOP undone, one group at a time while that brings
-    its FLOPs nearer the middle of the two plans'.  Returns ``(plan, search timing, kept
-    importance)``, or None when no plan lies between them (a single group moved)."""
+    its FLOPs nearer the middle of the two plans'.  Returns ``(plan, kept importance)``, or None
+    when no plan lies between them (a single group moved)."""
     cost = evaluator.cost
     a = {k: v for k, v in start.widths(analysis).items() if k in options}
     b = {k: v for k, v in moved.widths(analysis).items() if k in options}
@@ -562,9 +567,8 @@ def _halfway(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.ndarra
             w[k] = a[k]
     if w in (a, b):
         return None
-    meta = {k: v for k, v in moved.meta.items() if k in ("strategy", "target")}
-    plan = plan_from_widths(analysis, w, rank, **meta)
-    return plan, evaluator.value("latency", plan), sum(kept_value(rank[k], v) for k, v in w.items())
+    plan = plan_from_widths(analysis, w, rank, **_search_meta(moved))
+    return plan, sum(kept_value(rank[k], v) for k, v in w.items())
 
 
 def _settle_neighbours(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.ndarray],
@@ -596,7 +600,7 @@ def _settle_neighbours(analysis: Analysis, evaluator: Evaluator, rank: dict[str,
     plan, _, value = chosen
     widths = {k: v for k, v in plan.widths(analysis).items() if k in options}
     cost = evaluator.cost
-    meta = {k: v for k, v in plan.meta.items() if k in ("strategy", "target")}
+    meta = _search_meta(plan)
     flops_now = float(cost.flops(widths))
 
     def step(name: str, up: bool, w: int | None = None) -> int | None:
@@ -725,7 +729,7 @@ def _step_latency(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.n
     widths = {k: v for k, v in plan.widths(analysis).items() if k in options}
     cost = evaluator.cost
     slope = _latency_slope(points)
-    meta = {k: v for k, v in plan.meta.items() if k in ("strategy", "target")}
+    meta = _search_meta(plan)
     low, high = goal * (1 - FILL_MARGIN), goal * (1 + FILL_MARGIN)
     by_loss = evaluator.has_loss and _is_small_space(options)
 
@@ -859,7 +863,7 @@ def _pick_latency_candidate(analysis: Analysis, evaluator: Evaluator, rank: dict
         seed = (seed[0], evaluator.remeasure(seed[0]), seed[2])
         if seed[1] <= goal:
             candidates.append(_fill_latency(analysis, evaluator, rank, options, seed, goal, points, history))
-    meta = {k: v for k, v in chosen[0].meta.items() if k in ("strategy", "target")}
+    meta = _search_meta(chosen[0])
     candidates += _small_space_candidates(analysis, evaluator, rank, options, goal, points, history, meta)
     pool = [c for c in candidates if c[1] <= goal]
     if not pool:
