@@ -320,15 +320,20 @@ def _record_states(result: PruneResult, oracle: LatencyOracle, memory: StateMemo
     if "round_ratios" not in lat:
         return
     # the final rounds under their own key: their sessions differ from the search's by a few %,
-    # so a gap is only taken within one source
+    # so a slope is only taken within one source
     final = list(zip(lat.get("round_original_ms", []), lat["round_ratios"], strict=False))
-    quiet_ms, gap = oracle.run_states({("final", oracle._key(result.plan)): final})
+    quiet_ms, slope, heavy = oracle.run_states({("final", oracle._key(result.plan)): final})
     prior = oracle.prior
-    lat["states"] = {"quiet_ms": quiet_ms, "gap_seen": gap, "prior": prior.to_dict() if prior else None,
-                     "memory": str(memory.path) if memory is not None else None}
+    lat["states"] = {"quiet_ms": quiet_ms, "slope_seen": slope, "heavy_seen": heavy,
+                     "prior": prior.to_dict() if prior else None,
+                     "memory": str(memory.path) if memory is not None else None,
+                     # [seconds, plan number, original's ms, ratio] of the search's deployed rounds
+                     # in turn, and the seconds at which the final measurement had ended
+                     "timeline": [[round(t, 2), n, round(ms, 4), round(r, 4)] for t, n, ms, r in oracle.timeline],
+                     "final_at": None if oracle.elapsed() is None else round(oracle.elapsed(), 2)}
     if memory is not None and quiet_ms is not None:
         try:
-            memory.remember(quiet_ms, gap)
+            memory.remember(quiet_ms, slope, heavy)
         except Exception as exc:  # noqa: BLE001 - the memory is a hint; a run never fails for it
             log.warning("could not remember the machine's states (%s: %s)", type(exc).__name__, exc)
 

@@ -123,29 +123,35 @@ def write_markdown(report: dict[str, Any], out: Path) -> Path:
 
 
 def state_sentence(states: dict[str, Any]) -> str:
-    """One sentence on ``report["latency"]["states"]``: what the run saw of the machine's quiet
-    and busy states and what it remembered of earlier runs (``prunepass.select.states``)."""
+    """One sentence on ``report["latency"]["states"]``: what the run saw of the machine's states
+    (its quiet latency, heavy load and the ratio's slope) and what it remembered of earlier runs
+    (``prunepass.select.states``)."""
     seen = (f"this run saw the original at {states['quiet_ms']:.3f} ms at its quietest"
             if states.get("quiet_ms") else "this run timed nothing as deployed")
-    if states.get("gap_seen"):
-        seen += f" and a busy state that moved the ratio by {100 * (states['gap_seen'] - 1):+.1f} %"
+    if states.get("heavy_seen"):
+        seen += f", a heavy load of {states['heavy_seen']:.2f}x that"
+    if states.get("slope_seen") is not None:
+        seen += f" and a ratio that rose {100 * states['slope_seen']:+.1f} % per unit of load"
     else:
-        seen += " and no change of state"
+        seen += " and no slope (no plan ran in two states)"
     prior = states.get("prior")
     if not prior:
         memo = ("nothing was remembered of earlier runs" if states.get("memory")
                 else "the state memory was off")
-    elif prior.get("gap") and prior.get("gap_models"):
-        n, runs = prior["gap_models"], prior.get("runs") or 0
-        own = (f"{runs} earlier run{'s' if runs != 1 else ''} of this model here, none in both states; "
-               if runs else "no earlier run of this model here; ")
-        memo = (f"{own}the median gap of {n} other model{'s' if n != 1 else ''} remembered here, "
-                f"{100 * (prior['gap'] - 1):+.1f} %, which the search used when it saw one state only")
-    elif prior.get("gap"):
-        memo = (f"{prior['gap_runs']} of {prior['runs']} earlier run{'s' if prior['runs'] != 1 else ''} here saw "
-                f"both states, a median gap of "
-                f"{100 * (prior['gap'] - 1):+.1f} %, which the search used when it saw one state only")
     else:
-        memo = (f"{prior['runs']} earlier run{'s' if prior['runs'] != 1 else ''} here "
-                f"{'were' if prior['runs'] != 1 else 'was'} remembered, and none saw both states")
+        runs = prior.get("runs") or 0
+        if prior.get("slope") is not None and prior.get("slope_models"):
+            n = prior["slope_models"]
+            own = (f"{runs} earlier run{'s' if runs != 1 else ''} of this model here, none in two states; "
+                   if runs else "no earlier run of this model here; ")
+            memo = (f"{own}the median slope of {n} other model{'s' if n != 1 else ''} remembered here, "
+                    f"{100 * prior['slope']:+.1f} %")
+        elif prior.get("slope") is not None:
+            memo = (f"{prior['slope_runs']} of {runs} earlier run{'s' if runs != 1 else ''} here saw "
+                    f"two states, a median slope of {100 * prior['slope']:+.1f} %")
+        else:
+            memo = (f"{runs} earlier run{'s' if runs != 1 else ''} of this model here, none in two states"
+                    if runs else "no earlier run of this model here and no slope remembered")
+        if prior.get("heavy"):
+            memo += f"; the machine's remembered heavy load {prior['heavy']:.2f}x"
     return f"{seen}; {memo}."

@@ -236,10 +236,11 @@ def test_recheck_latency_judges_plans_on_both_states_when_the_gap_is_known(digit
     keys = [oracle._key(p) for p in (answer, lopsided, balanced)]
     oracle.table = {keys[0]: {"quiet": 0.381, "busy": 0.419}, keys[1]: {"quiet": 0.372, "busy": 0.409},
                     keys[2]: {"quiet": 0.388, "busy": 0.41}}
-    oracle.prior = StatePrior(quiet_ms=0.9, gap=1.1, runs=3, gap_runs=3)
+    # a remembered slope of 0.3 per unit of load and a heavy load of 4/3: a 10 % gap
+    oracle.prior = StatePrior(quiet_ms=0.9, slope=0.3, runs=3, slope_runs=3, heavy=1.2 / 0.9)
     ev = Evaluator(a, CostModel(a), oracle, loss=lambda p: {keys[0]: 0.05, keys[1]: 0.01, keys[2]: 0.07}[oracle._key(p)])
     oracle.deployed_ratios([answer, lopsided, balanced])
-    assert oracle.deployed_estimate(answer) == pytest.approx(0.381 * 2.1 / 2)  # midway by the remembered gap
+    assert oracle.deployed_estimate(answer) == pytest.approx(0.381 * 2.1 / 2)  # midway by the remembered slope
     oracle.state = "busy"
     got, done = recheck_latency(ev, answer, 0.419 * 1.01, GOAL)
     assert oracle._key(got) == keys[2]

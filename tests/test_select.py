@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import statistics
 
 import numpy as np
 import pytest
@@ -734,30 +735,40 @@ def test_an_answer_over_the_latency_slack_is_timed_again_before_it_is_called_mis
     assert _time_again_if_over(Cannot(a, CostModel(a), _StubLatency(a)), plan, 0.65, 0.60) == 0.65
 
 
-def test_deployed_estimate_is_midway_between_the_machine_states(digits):
-    """A shared VM switches between a quiet state and a busy one (the original ~30 % slower) for
-    seconds to minutes; a small model's ratio moves with it.  A plan's estimate is midway between
-    its two states' medians, a plan seen in one state is moved by the other plans' state gap, and
-    before any state change is seen the estimate is the plain median."""
-    from prunepass.select.targets import BUSY_FACTOR, LatencyOracle
+def test_deployed_estimate_is_midway_between_quiet_and_the_heavy_load(digits):
+    """A shared VM switches between a quiet state and busy ones (the original 1.3 to 2.5 times
+    slower) for seconds to minutes; a small model's ratio rises with the load, about in
+    proportion.  A plan's estimate is midway between its ratio at load 1 and at the heavy load
+    (the 80th percentile of the run's loads), by the slope its own rounds show, else the other
+    plans'; before any slope is seen the estimate is the plain median."""
+    from prunepass.select.targets import LatencyOracle
 
     model, a, _ = digits
     oracle = LatencyOracle(a)
     both = uniform_plan(a, 0.5, constraint=ChannelConstraint(step=8))
     quiet_only = uniform_plan(a, 0.25, constraint=ChannelConstraint(step=8))
+    heavy = uniform_plan(a, 0.75, constraint=ChannelConstraint(step=8))
     key_both, key_quiet = oracle._key(both), oracle._key(quiet_only)
     oracle.deployed_rounds[key_quiet] = [(0.90, 0.60), (0.91, 0.62), (0.92, 0.61)]
     assert oracle.state_gap() is None and oracle.state_swing(quiet_only) == 0.0
     assert oracle.deployed_estimate(quiet_only) == pytest.approx(0.61)  # no state change seen yet
-    busy = 0.90 * BUSY_FACTOR * 1.1
-    oracle.deployed_rounds[key_both] = [(0.90, 0.40), (busy, 0.44), (0.95, 0.40), (busy * 1.2, 0.44)]
-    assert oracle.state_gap(both) == pytest.approx(1.1)
-    assert oracle.deployed_estimate(both) == pytest.approx(0.42)
-    assert oracle.state_swing(both) == pytest.approx(0.02 / 0.42)
-    # seen quiet only: moved halfway up by the gap the other plan showed
-    assert oracle.deployed_estimate(quiet_only) == pytest.approx(0.61 * 2.1 / 2)
-    oracle.deployed_rounds[key_quiet] = [(busy, 0.66)]  # seen busy only: moved halfway down
-    assert oracle.deployed_estimate(quiet_only) == pytest.approx(0.66 * (1 + 1 / 1.1) / 2)
+    # quiet at 0.90 ms (load 1), busy at 1.35 ms (load 1.5) and 5 % slower: a slope of 0.1 per unit of load
+    oracle.deployed_rounds[key_both] = [(0.90, 0.40), (1.35, 0.42), (0.90, 0.40), (1.35, 0.42)]
+    assert oracle.state_slope(both) == pytest.approx(0.1) and oracle.heavy_load() == pytest.approx(1.5)
+    assert oracle.state_gap(both) == pytest.approx(1.05)
+    assert oracle.state_values(both) == (pytest.approx(0.40), pytest.approx(0.42))
+    assert oracle.deployed_estimate(both) == pytest.approx(0.41)
+    assert oracle.state_swing(both) == pytest.approx(0.05 / 2.05)
+    # seen quiet only: its rounds at load 1 moved halfway up by the slope the other plan showed
+    q = statistics.median(r / (1 + 0.1 * (t / 0.9 - 1)) for t, r in oracle.deployed_rounds[key_quiet])
+    assert oracle.deployed_estimate(quiet_only) == pytest.approx(q * 2.05 / 2)
+    # the machine turns heavier (the original 2.4 times its quiet time): every estimate is aimed
+    # midway to that load, not to where the plan's own busy rounds happened to fall
+    oracle.deployed_rounds[oracle._key(heavy)] = [(2.16, 0.50)] * 5
+    assert oracle.heavy_load() == pytest.approx(2.4) and oracle.state_gap(both) == pytest.approx(1.14)
+    assert oracle.deployed_estimate(both) == pytest.approx(0.40 * 2.14 / 2)
+    oracle.deployed_rounds[key_quiet] = [(1.35, 0.66)]  # seen busy only: brought back to load 1 first
+    assert oracle.deployed_estimate(quiet_only) == pytest.approx(0.66 / 1.05 * 2.14 / 2)
 
 
 def test_settle_band_narrows_with_the_state_swing(digits):

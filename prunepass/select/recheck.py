@@ -1,8 +1,8 @@
 """The last step of a latency-targeted ``prune()``: when the final measurement of the shipped
 model lands well off a relative latency goal, re-time the plans near the goal in the machine's
-state of the moment, and pick one that holds the band in both states: the quiet and busy ratios
-where the state gap is known (seen by this run or remembered from earlier ones), else the state
-of the moment and the search's estimate.
+state of the moment, and pick one that holds the band in both states: its ratios at load 1 and
+at the heavy load where the ratio's slope with the machine's load is known (seen by this run or
+remembered from earlier ones), else the state of the moment and the search's estimate.
 
 Why it is needed: on a shared VM a small model's latency *ratio* moves with the machine's state,
 and not by the same amount for every plan.  The digits CNN at batch 64, target 40 %: a plan with
@@ -43,17 +43,17 @@ class RecheckRow:
     estimate: float
     now: float
     loss: float | None = None
-    states: tuple[float, float] | None = None  # (quiet, busy) ratio, when the machine's state gap is known
+    states: tuple[float, float] | None = None  # (quiet, heavy) ratio, when the ratio's slope is known
 
     def worst(self, goal: float) -> float:
-        """The largest miss of the goal in the two states: the quiet and busy ratios where the
-        state gap is known, else the search-time estimate and the ratio now."""
+        """The largest miss of the goal in the two states: the quiet and heavy-load ratios where the
+        slope is known, else the search-time estimate and the ratio now."""
         pair = self.states or (self.estimate, self.now)
         return max(abs(pair[0] / goal - 1), abs(pair[1] / goal - 1))
 
     def holds(self, goal: float) -> bool:
         """Within the band in both states: both state ratios within ``RECHECK_NOW_BAND`` where the
-        gap is known; else within it now and the search-time estimate within ``RECHECK_EST_BAND``."""
+        slope is known; else within it now and the search-time estimate within ``RECHECK_EST_BAND``."""
         if self.states is not None:
             return self.worst(goal) <= RECHECK_NOW_BAND
         return abs(self.now / goal - 1) <= RECHECK_NOW_BAND and abs(self.estimate / goal - 1) <= RECHECK_EST_BAND
@@ -92,7 +92,7 @@ def pick(rows: list[RecheckRow], answer: RecheckRow, goal: float,
          loss: Callable[[RecheckRow], float] | None = None) -> RecheckRow:
     """The plan to ship among ``rows`` (the answer among them).
 
-    The two states of a row are its quiet and busy ratios where the machine's state gap is
+    The two states of a row are its quiet and heavy-load ratios where the ratio's slope is
     known (``RecheckRow.states``), else its search-time estimate and its ratio now.  The answer
     stays when it is within ``RECHECK_NOW_BAND`` of the goal in both (the state that moved it has
     passed).  Otherwise the plans that hold the band in both states (``RecheckRow.holds``) win:
@@ -152,7 +152,7 @@ def recheck_latency(evaluator: Evaluator, plan: Plan, measured: float, goal: flo
         log.warning("could not re-time the plans near the goal (%s); keeping the answer", str(exc)[:200])
         return None
     now = {k: statistics.median(r for _, r in rounds[k][seen[k]:]) for k in keys}
-    # each plan's two states over all its rounds, the search's and these (where the gap is known)
+    # each plan's two states over all its rounds, the search's and these (where the slope is known)
     states = getattr(oracle, "state_values", lambda p: None)
     rows = [RecheckRow(k, estimate[k], now[k], evaluator.loss(plans[k]) if evaluator.has_loss else None,
                        states(plans[k])) for k in keys]

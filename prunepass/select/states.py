@@ -3,16 +3,20 @@
 On a shared VM a small model's latency *ratio* (pruned / original) depends on the machine's
 state: the digits CNN at batch 64 measures 0.40 of the original when the machine is quiet and
 0.44 when it is busy (the original at 0.9 ms against 1.2 ms), and the machine switches between
-the two for seconds to minutes at a time.  A search aims its answer midway between the states it
-saw (``LatencyOracle.deployed_estimate``), so either state lands within the band; but a search
-that ran through one state only cannot know how far the other one moves the ratio.  Earlier runs
-of the same model on the same machine can: this module remembers, per (machine, model, input
-shapes, threads), the original's latency in the quietest round of each run and the busy / quiet
-ratio gap of the runs that saw both states, and hands their medians to the next search as a
-prior (:class:`StatePrior`).  The first run of a model here has no gap of its own; it starts
-from the median gap of the other models remembered on this machine with the same threads (on the
-2-vCPU VM the zoo models at 50 % saw +5 % to +10 %, every one of them), which its own runs then
-replace.  It works like a timing cache: one JSON file, small, safe to delete.
+states for seconds to minutes at a time.  The ratio rises about in proportion to the machine's
+*load* (the original's latency over its quiet latency): the zoo's convnext at 60 % measured
+0.58 at load 1.0, 0.62 at 1.4 and 0.66 at 2.4, mobilenet_v2 0.58 at 1.0 and 0.63 at 1.75.  A
+search aims its answer midway between the quiet state and the heaviest load it expects
+(``LatencyOracle.deployed_estimate``), so any state in between lands within the band; but a
+search that ran through one state only cannot know how steeply the ratio rises, nor how heavy
+the machine gets.  Earlier runs can: this module remembers, per (machine, model, input shapes,
+threads), the original's latency in the quietest round of each run, the ratio's *slope* (its
+relative rise per unit of load) of the runs that saw two states, and each run's heavy load, and
+hands their medians to the next search as a prior (:class:`StatePrior`).  The first run of a
+model here has no slope of its own; it starts from the median slope of the other models
+remembered on this machine with the same threads, which its own runs then replace.  The heavy
+load is the machine's: the median over every model's runs here.  It works like a timing cache:
+one JSON file, small, safe to delete.
 
 The file is ``$PRUNEPASS_CACHE_DIR/machine_states.json`` (default ``~/.cache/prunepass``, or
 ``$XDG_CACHE_HOME/prunepass``).  ``PRUNEPASS_STATE_MEMORY=0`` (or ``prune(state_memory=False)``)
@@ -36,30 +40,34 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 STATE_FILE = "machine_states.json"
-STATE_VERSION = 2  # 2: one record per run
+STATE_VERSION = 3  # 2: one record per run; 3: a slope per unit of load and the heavy load, not a gap
 KEEP_RUNS = 12  # per key, the last this many runs are remembered
 KEEP_KEYS = 200  # keys beyond this many are dropped, least recently updated first
 MAX_AGE_DAYS = 30  # runs older than this are forgotten (machines and their neighbours change)
-GAP_LIMITS = (0.8, 1.25)  # a recorded gap outside these is taken for a misreading and not kept
+SLOPE_LIMITS = (-0.1, 0.3)  # a recorded slope outside these is taken for a misreading and not kept
+HEAVY_LIMITS = (1.0, 4.0)  # ... and a heavy load outside these
 
 
 @dataclass(frozen=True)
 class StatePrior:
     """The medians over the remembered runs: the original's latency (ms, full export) in the
-    quietest round of each run (None before the first), and the busy / quiet ratio gap of those
-    that saw both states.  ``runs`` and ``gap_runs`` say how many runs each median is over.
-    When none of this model's runs saw both states, ``gap`` is the median over ``gap_models``
-    other models remembered on this machine (their own medians), or None without any."""
+    quietest round of each run (None before the first), and the slope of the ratio (its relative
+    rise per unit of load) of those that saw two states.  ``runs`` and ``slope_runs`` say how
+    many runs each median is over.  When none of this model's runs saw two states, ``slope`` is
+    the median over ``slope_models`` other models remembered on this machine (their own medians),
+    or None without any.  ``heavy`` is the median heavy load (``LatencyOracle.heavy_load``) of
+    the runs of every model remembered on this machine, None without any."""
 
     quiet_ms: float | None
-    gap: float | None
+    slope: float | None
     runs: int
-    gap_runs: int
-    gap_models: int = 0
+    slope_runs: int
+    slope_models: int = 0
+    heavy: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"quiet_ms": self.quiet_ms, "gap": self.gap, "runs": self.runs, "gap_runs": self.gap_runs,
-                "gap_models": self.gap_models}
+        return {"quiet_ms": self.quiet_ms, "slope": self.slope, "heavy": self.heavy, "runs": self.runs,
+                "slope_runs": self.slope_runs, "slope_models": self.slope_models}
 
 
 def cache_dir() -> Path | None:
@@ -122,7 +130,7 @@ class StateMemory:
 
     def __init__(self, key: str, directory: Path | None, machine: str | None = None) -> None:
         self.key = key
-        self.machine = machine  # ``machine_tag``: the other models whose gaps a first run may use
+        self.machine = machine  # ``machine_tag``: the other models whose slopes and heavy loads a run may use
         self.path = directory / STATE_FILE if directory is not None else None
 
     @classmethod
@@ -157,52 +165,59 @@ class StateMemory:
         for run in runs if isinstance(runs, list) else []:
             if not isinstance(run, dict):
                 continue
-            quiet, gap, when = _number(run.get("quiet_ms")), _number(run.get("gap")), _number(run.get("t"))
+            quiet, when = _number(run.get("quiet_ms")), _number(run.get("t"))
             if quiet is None or quiet <= 0 or when is None or when < oldest:
                 continue
-            out.append({"quiet_ms": quiet, "gap": gap if gap is not None and GAP_LIMITS[0] <= gap <= GAP_LIMITS[1]
-                        else None, "t": when})
+            out.append({"quiet_ms": quiet, "slope": _within(run.get("slope"), SLOPE_LIMITS),
+                        "heavy": _within(run.get("heavy"), HEAVY_LIMITS), "t": when})
         return out[-KEEP_RUNS:]
 
     def prior(self) -> StatePrior | None:
-        """The medians of the remembered runs of this key, the gap from the other models here
-        when none of them has one; None while neither exists."""
+        """The medians of the remembered runs of this key, the slope from the other models here
+        when none of them has one, the heavy load of every model's runs here; None while no run
+        of any of them exists."""
         try:
             entries = self._load()
             runs = self._runs(entries)
-            gaps = [r["gap"] for r in runs if r["gap"] is not None]
-            others = [] if gaps else self._machine_gaps(entries)
+            slopes = [r["slope"] for r in runs if r["slope"] is not None]
+            others = [] if slopes else self._machine_slopes(entries)
+            heavy = [r["heavy"] for key in self._machine_keys(entries) for r in self._runs(entries, key)
+                     if r["heavy"] is not None]
         except Exception as exc:  # noqa: BLE001 - a hint; never fails a run
             log.warning("ignoring the machine-state memory %s (%s)", self.path, exc)
             return None
-        if not runs and not others:
+        if not runs and not others and not heavy:
             return None
-        gap = statistics.median(gaps) if gaps else statistics.median(others) if others else None
-        return StatePrior(statistics.median(r["quiet_ms"] for r in runs) if runs else None, gap,
-                          len(runs), len(gaps), 0 if gaps else len(others))
+        slope = statistics.median(slopes) if slopes else statistics.median(others) if others else None
+        return StatePrior(statistics.median(r["quiet_ms"] for r in runs) if runs else None, slope,
+                          len(runs), len(slopes), 0 if slopes else len(others),
+                          statistics.median(heavy) if heavy else None)
 
-    def _machine_gaps(self, entries: dict[str, Any]) -> list[float]:
-        """The median gap of each other model remembered with this memory's ``machine`` tag."""
-        if self.machine is None:
-            return []
+    def _machine_keys(self, entries: dict[str, Any]) -> list[str]:
+        """This key and the other keys remembered with this memory's ``machine`` tag."""
+        others = [] if self.machine is None else [
+            k for k, e in entries.items() if k != self.key and isinstance(e, dict) and e.get("machine") == self.machine]
+        return [self.key, *others]
+
+    def _machine_slopes(self, entries: dict[str, Any]) -> list[float]:
+        """The median slope of each other model remembered with this memory's ``machine`` tag."""
         out = []
-        for key, entry in entries.items():
-            if key == self.key or not isinstance(entry, dict) or entry.get("machine") != self.machine:
-                continue
-            gaps = [r["gap"] for r in self._runs(entries, key) if r["gap"] is not None]
-            if gaps:
-                out.append(statistics.median(gaps))
+        for key in self._machine_keys(entries)[1:]:
+            slopes = [r["slope"] for r in self._runs(entries, key) if r["slope"] is not None]
+            if slopes:
+                out.append(statistics.median(slopes))
         return out
 
-    def remember(self, quiet_ms: float, gap: float | None) -> None:
-        """Add one run: the original's latency in its quietest round and, when it saw both states,
-        its busy / quiet gap."""
+    def remember(self, quiet_ms: float, slope: float | None, heavy: float | None = None) -> None:
+        """Add one run: the original's latency in its quietest round, the ratio's slope when it
+        saw two states, and its heavy load."""
         if self.path is None or _number(quiet_ms) is None or not quiet_ms > 0:
             return
         entries = self._load()
-        gap = _number(gap)
+        slope, heavy = _number(slope), _number(heavy)
         runs = [*self._runs(entries), {"quiet_ms": round(float(quiet_ms), 5),
-                                       "gap": round(gap, 5) if gap is not None else None, "t": time.time()}]
+                                       "slope": round(slope, 5) if slope is not None else None,
+                                       "heavy": round(heavy, 4) if heavy is not None else None, "t": time.time()}]
         entries[self.key] = {"runs": runs[-KEEP_RUNS:], **({"machine": self.machine} if self.machine else {})}
         if len(entries) > KEEP_KEYS:  # the keys whose last run is oldest go first
             def last(k: str) -> float:
@@ -233,3 +248,9 @@ def _number(x: Any) -> float | None:
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         return None
     return float(x) if math.isfinite(x) else None
+
+
+def _within(x: Any, limits: tuple[float, float]) -> float | None:
+    """``x`` as a float when it is a number within ``limits``, else None."""
+    x = _number(x)
+    return x if x is not None and limits[0] <= x <= limits[1] else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import re
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +15,7 @@ from prunepass.analysis import Analysis
 from prunepass.costs import CostModel
 from prunepass.errors import LatencyMeasurementError
 from prunepass.plan import Plan
-from prunepass.select.states import StatePrior
+from prunepass.select.states import SLOPE_LIMITS, StatePrior
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,8 @@ DEPLOYED_ROUNDS = 5  # rounds of a deployed-model timing (prune()'s final check 
 DEPLOYED_ROUND_SECONDS = 0.3  # each round of it lasts about this long (small models: many runs)
 REF_SESSIONS = 3  # sessions of the original's full export, taken in turn (each is a few % fast or slow)
 BUSY_FACTOR = 1.12  # a round whose original ran this much slower than in the quietest round was "busy"
+MIN_LOAD_SPREAD = 0.05  # a plan's quiet and busy rounds this close in load tell no slope
+HEAVY_QUANTILE = 0.8  # the heavy load: this quantile of the loads of a run's deployed rounds
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,11 @@ class LatencyOracle:
         # small model's ratio moves several percent with the machine's state, so a plan timed
         # again is judged on all its rounds, and rounds are told apart by the state they ran in
         self.deployed_rounds: dict[tuple, list[tuple[float, float]]] = {}
+        # (seconds since the first deployed round, plan's number in ``plans`` order, original's
+        # ms, ratio) of every deployed round in the order they ran: when the machine was in
+        # which state, for ``report["latency"]["states"]["timeline"]``
+        self.timeline: list[tuple[float, int, float, float]] = []
+        self._t0: float | None = None
         # what earlier runs of this model on this machine saw of its states (``select.states``):
         # the original's quiet latency tells a search that saw one state which one it was, and
         # the remembered gap moves a plan's estimate midway as if it had seen both
@@ -111,6 +119,10 @@ class LatencyOracle:
         self.evaluations = 0
         self.progress: Any = None  # a tqdm-like bar (``update(n)``) that counts the timings, when set
         self.mode = "fast" if use_fast_path else "export"
+
+    def elapsed(self) -> float | None:
+        """Seconds since the first deployed round (the clock of ``timeline``), None before it."""
+        return None if self._t0 is None else time.monotonic() - self._t0
 
     def _count(self, n: int) -> None:
         self.evaluations += n
@@ -201,106 +213,124 @@ class LatencyOracle:
                                         min_seconds=DEPLOYED_ROUND_SECONDS, warmup=5 if r == 0 else 2,
                                         threads=self.threads)
                 self.deployed_rounds.setdefault(key, []).append((o.median, p.median / o.median))
+                self._t0 = self._t0 if self._t0 is not None else time.monotonic()
+                self.timeline.append((time.monotonic() - self._t0, list(self.plans).index(key), o.median,
+                                      p.median / o.median))
         return [self.deployed_estimate(p) for p in plans]
 
-    def _states(self, key: tuple) -> tuple[list[float], list[float]]:
-        """A plan's deployed ratios in quiet and in busy rounds.  On a shared VM the machine
-        switches, for seconds to minutes at a time, between a quiet state and a busy one where
-        the original runs ~30 % slower; a small model slows down more than that, so its ratio
-        moves with the state (the digits CNN at batch 64: 0.43 quiet, 0.47 busy, in every run).
-        The original's own time tells the states apart: a round is busy when the original ran
-        ``BUSY_FACTOR`` slower than in the quietest round seen so far."""
-        return self._split(key, self._busy_cut())
+    def _quiet_ms(self, lowest: float | None = None) -> float:
+        """The original's latency in the quiet state, the unit of the machine's load: the
+        quietest deployed round (``lowest``, or this run's), or the remembered quiet latency
+        when even that round ran ``BUSY_FACTOR`` slower than it (a run that saw only busy
+        rounds knows they were busy; otherwise what the run saw comes first)."""
+        if lowest is None:
+            lowest = min(t for rounds in self.deployed_rounds.values() for t, _ in rounds)
+        if self.prior is not None and self.prior.quiet_ms and lowest >= BUSY_FACTOR * self.prior.quiet_ms:
+            return self.prior.quiet_ms
+        return lowest
 
-    def _busy_cut(self) -> float:
-        quiet = min(t for rounds in self.deployed_rounds.values() for t, _ in rounds)
-        if self.prior is not None and self.prior.quiet_ms and quiet >= BUSY_FACTOR * self.prior.quiet_ms:
-            # every round so far was slower than the remembered quiet state by more than the
-            # busy factor: a run that saw only busy rounds knows they were busy (otherwise what
-            # the run saw comes first)
-            quiet = self.prior.quiet_ms
-        return BUSY_FACTOR * quiet
+    def _slopes(self, rounds: dict[tuple, list[tuple[float, float]]], quiet_ms: float) -> dict[tuple, float]:
+        """The ratio's slope of each plan that ran in a quiet and a busy state: on a shared VM
+        the machine switches, for seconds to minutes at a time, between a quiet state and busy
+        ones where the original runs 1.3 to 2.5 times slower; a small model slows down more than
+        that, so its ratio rises with the *load* (the original's latency over ``quiet_ms``),
+        about in proportion (convnext at 60 %: 0.58 at load 1.0, 0.62 at 1.4, 0.66 at 2.4).  A
+        round is busy when the original ran ``BUSY_FACTOR`` slower than ``quiet_ms``; the slope
+        is the relative rise of the busy rounds' median ratio over the quiet ones', per unit of
+        load between their median loads (kept within ``SLOPE_LIMITS``)."""
+        cut, out = BUSY_FACTOR * quiet_ms, {}
+        for key, pairs in rounds.items():
+            quiet, busy = [p for p in pairs if p[0] < cut], [p for p in pairs if p[0] >= cut]
+            if not quiet or not busy:
+                continue
+            spread = (statistics.median(t for t, _ in busy) - statistics.median(t for t, _ in quiet)) / quiet_ms
+            if spread < MIN_LOAD_SPREAD:
+                continue
+            rise = statistics.median(r for _, r in busy) / statistics.median(r for _, r in quiet) - 1
+            out[key] = min(max(rise / spread, SLOPE_LIMITS[0]), SLOPE_LIMITS[1])
+        return out
 
-    def _split(self, key: tuple, cut: float) -> tuple[list[float], list[float]]:
-        return _split_rounds(self.deployed_rounds[key], cut)
-
-    def state_gap(self, plan: Plan | None = None) -> float | None:
-        """busy / quiet ratio of ``plan`` (its own rounds when it ran in both states, else the
-        median over the plans that did, else the gap remembered from earlier runs,
-        ``self.prior``); None while no plan has run in both states and nothing is remembered."""
-        gaps: dict[tuple, float] = {}
-        remembered = self.prior.gap if self.prior is not None else None
+    def state_slope(self, plan: Plan | None = None) -> float | None:
+        """The ratio's relative rise per unit of load for ``plan`` (its own rounds when it ran in
+        two states, else the median over the plans that did, else the slope remembered from
+        earlier runs, ``self.prior``); None while none is known."""
+        remembered = self.prior.slope if self.prior is not None else None
         if not self.deployed_rounds:
             return remembered
-        cut = self._busy_cut()
-        for key in self.deployed_rounds:  # the cut once, not once per plan
-            quiet, busy = self._split(key, cut)
-            if quiet and busy:
-                gaps[key] = statistics.median(busy) / statistics.median(quiet)
-        if plan is not None and self._key(plan) in gaps:
-            return gaps[self._key(plan)]
-        return statistics.median(gaps.values()) if gaps else remembered
+        slopes = self._slopes(self.deployed_rounds, self._quiet_ms())
+        if plan is not None and self._key(plan) in slopes:
+            return slopes[self._key(plan)]
+        return statistics.median(slopes.values()) if slopes else remembered
+
+    def heavy_load(self) -> float:
+        """The heaviest load a later measurement is expected to meet: the ``HEAVY_QUANTILE`` of
+        this run's deployed rounds' loads, or the machine's remembered heavy load
+        (``self.prior``) when that is heavier; at least 1."""
+        run = 1.0
+        if self.deployed_rounds:
+            quiet_ms = self._quiet_ms()
+            run = _quantile([t / quiet_ms for rounds in self.deployed_rounds.values() for t, _ in rounds],
+                            HEAVY_QUANTILE)
+        remembered = self.prior.heavy if self.prior is not None and self.prior.heavy else 1.0
+        return max(1.0, run, remembered)
+
+    def state_gap(self, plan: Plan | None = None) -> float | None:
+        """heavy / quiet ratio of ``plan``: 1 + ``state_slope`` x (``heavy_load`` - 1); None
+        while no slope is known."""
+        slope = self.state_slope(plan)
+        return None if slope is None else 1 + slope * (self.heavy_load() - 1)
 
     def run_states(self, extra: dict[tuple, list[tuple[float, float]]] | None = None
-                   ) -> tuple[float | None, float | None]:
+                   ) -> tuple[float | None, float | None, float | None]:
         """What this run saw of the machine's states, over every deployed round and ``extra``
-        rounds (prune()'s final measurement), told apart by this run's rounds alone: the
-        original's latency in the quietest round (ms) and the median busy / quiet gap of the
-        plans that ran in both states (None when none did).  ``select.states`` remembers both."""
+        rounds (prune()'s final measurement): the original's latency in the quietest round (ms),
+        the median slope of the plans that ran in two states (None when none did) and the heavy
+        load (``HEAVY_QUANTILE`` of the rounds' loads).  ``select.states`` remembers all three."""
         rounds: dict[tuple, list[tuple[float, float]]] = {k: list(v) for k, v in self.deployed_rounds.items()}
         for key, more in (extra or {}).items():
             rounds.setdefault(key, []).extend(more)
         every = [t for v in rounds.values() for t, _ in v]
         if not every:
-            return None, None
-        quiet_ms = min(every)
-        gaps = []
-        for v in rounds.values():
-            quiet, busy = _split_rounds(v, BUSY_FACTOR * quiet_ms)
-            if quiet and busy:
-                gaps.append(statistics.median(busy) / statistics.median(quiet))
-        return quiet_ms, statistics.median(gaps) if gaps else None
+            return None, None, None
+        lowest = min(every)
+        quiet_ms = self._quiet_ms(lowest)
+        slopes = self._slopes(rounds, lowest)
+        heavy = max(1.0, _quantile([t / quiet_ms for t in every], HEAVY_QUANTILE))
+        return lowest, statistics.median(slopes.values()) if slopes else None, heavy
 
     def state_swing(self, plan: Plan) -> float:
         """How far either state's ratio of ``plan`` lies from its estimate, as a fraction of it
-        (half the busy / quiet gap; 0 while no state change was seen or remembered)."""
+        (half the heavy / quiet gap; 0 while no slope was seen or remembered)."""
         gap = self.state_gap(plan)
         return abs(gap - 1) / (1 + gap) if gap else 0.0
 
     def state_values(self, plan: Plan) -> tuple[float, float] | None:
-        """A plan's deployed ratio in the quiet and in the busy state: each state's median where
-        the plan ran in it, the other one moved by the state gap (the plan's own, the other plans',
-        or the remembered one) where it ran in one only; None before the plan was timed as
-        deployed, or while no gap is known."""
-        key = self._key(plan)
-        if not self.deployed_rounds.get(key):
+        """A plan's deployed ratio in the quiet state (load 1) and at the heavy load: its rounds
+        each brought back to load 1 by the slope (the plan's own, the other plans', or the
+        remembered one) and their median, then moved up to ``heavy_load``; None before the plan
+        was timed as deployed, or while no slope is known."""
+        pairs = self.deployed_rounds.get(self._key(plan))
+        slope = self.state_slope(plan) if pairs else None
+        if slope is None:
             return None
-        quiet, busy = self._states(key)
-        if quiet and busy:
-            return statistics.median(quiet), statistics.median(busy)
-        gap = self.state_gap()
-        if gap is None:
-            return None
-        return (statistics.median(quiet), statistics.median(quiet) * gap) if quiet else \
-            (statistics.median(busy) / gap, statistics.median(busy))
+        quiet_ms = self._quiet_ms()
+        quiet = statistics.median(r / (1 + slope * (max(t / quiet_ms, 1.0) - 1)) for t, r in pairs)
+        return quiet, quiet * (1 + slope * (self.heavy_load() - 1))
 
     def deployed_estimate(self, plan: Plan) -> float:
-        """A plan's deployed ratio midway between the machine's quiet and busy states, so a
-        later measurement in either state lands as near it as possible: the mean of its two
-        states' medians when it ran in both, one state's median moved by the state gap of the
-        other plans when it ran in one, and its plain median before any state change was
-        seen (nor remembered from earlier runs)."""
+        """A plan's deployed ratio midway between the quiet state and the heavy load, so a later
+        measurement in any state between them lands as near it as possible (``state_values``),
+        and its plain median before any slope was seen (nor remembered from earlier runs)."""
         states = self.state_values(plan)
         if states is None:
-            quiet, busy = self._states(self._key(plan))
-            return statistics.median(quiet or busy)
+            return statistics.median(r for _, r in self.deployed_rounds[self._key(plan)])
         return (states[0] + states[1]) / 2
 
 
-def _split_rounds(rounds: list[tuple[float, float]], cut: float) -> tuple[list[float], list[float]]:
-    """The ratios of ``(original's ms, ratio)`` rounds in the quiet state (the original under
-    ``cut`` ms) and in the busy one."""
-    return [r for t, r in rounds if t < cut], [r for t, r in rounds if t >= cut]
+def _quantile(values: list[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[round(q * (len(ordered) - 1))]
 
 
 def _full_export(analysis: Analysis, plan: Plan) -> Any:
