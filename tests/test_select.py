@@ -563,16 +563,33 @@ class _FlatStub(_BiasedStub):
         return 0.7 + 0.3 * self.cost.flops(plan.widths(self.analysis)) / self.cost.flops()
 
 
-def test_infeasible_latency_target_returns_the_most_accurate_as_fast_plan(digits):
+class _SlowLongTimingsStub(_FlatStub):
+    """``_FlatStub`` whose longer timings (``measure`` with ``runs``) of every plan but the
+    narrowest come out ``noise`` times slow: a busy spell while they ran.  The deployed timings
+    are the true ones."""
+
+    def __init__(self, a, noise: float) -> None:
+        super().__init__(a, 1.0)
+        self.noise = noise
+
+    def measure(self, plan, runs=None):
+        narrowest = all(w == 8 for w in plan.widths(self.analysis).values())
+        return self(plan) * (self.noise if runs and not narrowest else 1.0)
+
+
+@pytest.mark.parametrize("noise", [1.0, 1.2])
+def test_infeasible_latency_target_returns_the_most_accurate_as_fast_plan(digits, noise):
     """When no plan reaches the goal, the small space's lowest-loss plans about as fast as the
     fastest found (within NEAR_FASTEST) compete with it: the answer is the lowest-loss plan of
-    that speed, not the narrowest network (batch 1: 29 % against 89 % accuracy for 4 %)."""
+    that speed, not the narrowest network (batch 1: 29 % against 89 % accuracy for 4 %).  The
+    deployed timing of the finalists judges "as fast"; a longer search timing taken in a busy
+    spell (``noise``) does not shut a plan out before it."""
     import itertools
 
     import prunepass.select.strategies as strategies
 
     model, a, _ = digits
-    stub = _FlatStub(a, 1.0)
+    stub = _SlowLongTimingsStub(a, noise)
 
     def loss(plan):
         w = plan.widths(a)
