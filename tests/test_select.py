@@ -623,9 +623,12 @@ def test_small_space_is_ranked_whole_by_calibration_loss(digits, monkeypatch):
     model, a, _ = digits
     stub = _StubLatency(a)
 
-    def loss(plan):
+    def loss(plan):  # g3 wider than g2 changes nothing, but for a rounding-level drift
         w = plan.widths(a)
-        return 1.0 / (w["g1"] * min(w["g2"], w["g3"]))
+        return 1.0 / (w["g1"] * min(w["g2"], w["g3"])) * (1 - 1e-6 * w["g3"])
+
+    def tied(x, y):
+        return abs(x - y) <= strategies.LOSS_TIE * abs(y)
 
     ev = Evaluator(a, CostModel(a), stub, loss)
     _, rank, options, plan, _ = _settle_setup(a, stub, {"g0": 16, "g1": 32, "g2": 64, "g3": 64})
@@ -638,10 +641,11 @@ def test_small_space_is_ranked_whole_by_calibration_loss(digits, monkeypatch):
              for c in itertools.product(*options.values())]
     best = min((p for p in every if stub(p) <= goal), key=loss)
     assert 1 <= len(fits) <= strategies.SMALL_SPACE_FITS and all(f[1] <= goal for f in fits)
-    assert loss(fits[0][0]) == loss(best)
-    assert [loss(f[0]) for f in fits] == sorted(set(loss(f[0]) for f in fits))  # ascending, no ties
-    # of the plans with the best loss (g3 wider than g2 changes nothing), the fewest FLOPs
-    flops = [ev.cost.flops(p.widths(a)) for p in every if loss(p) == loss(best)]
+    assert tied(loss(fits[0][0]), loss(best))
+    losses = [loss(f[0]) for f in fits]
+    assert losses == sorted(losses) and not any(tied(x, y) for x, y in zip(losses, losses[1:], strict=False))  # no ties
+    # of the plans with the best loss, to LOSS_TIE (g3 wider than g2 changes nothing), the fewest FLOPs
+    flops = [ev.cost.flops(p.widths(a)) for p in every if tied(loss(p), loss(best))]
     assert ev.cost.flops(fits[0][0].widths(a)) == min(flops) and len(flops) > 1
     # the summed-importance MILP's answer at this goal costs more loss
     milp, _ = knapsack_plan(a, magnitude_scores(model, a), Target.parse("flops=50%"), Evaluator(a), ChannelConstraint(step=8))

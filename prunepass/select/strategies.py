@@ -69,6 +69,7 @@ SMALL_SPACE_TIMINGS = 24  # at most this many plans are timed
 # are often the ones that keep the layer a small network cannot spare (the digits CNN at 50 %:
 # (16, 16, 32, 32) at +5 % on one draw, its loss a third of the (8, 24, 32, 24) that fit)
 SMALL_SPACE_NEAR = 0.05
+LOSS_TIE = 1e-3  # calibration losses this close (relative) tell two plans of a small space apart no more
 
 
 @dataclass
@@ -950,14 +951,19 @@ def _small_space_candidates(analysis: Analysis, evaluator: Evaluator, rank: dict
     near = [w for w in near if lo <= float(cost.flops(w)) <= hi]
     plans = [(evaluator.loss(p), float(cost.flops(w)), w, p)
              for w in near for p in [plan_from_widths(analysis, w, rank, **(meta or {}))]]
-    # equal losses (channels whose removal changes nothing, dead ones): the fewest FLOPs stands
-    # for them all, and the others are not timed
-    ranked, seen = [], set()
-    for loss, _, widths, plan in sorted(plans, key=lambda t: t[:2]):
-        if loss not in seen:
-            seen.add(loss)
-            if tuple(widths.values()) not in (skip or ()):
-                ranked.append((widths, plan))
+    # equal losses (channels whose removal changes nothing, dead ones), to LOSS_TIE: the fewest
+    # FLOPs stands for them all, and the others are not timed (the digits CNN at batch 1 spent
+    # its four slots on (16,8,16,x) for four widths x of a last layer that changed nothing)
+    ranked, tie = [], None
+    for loss, flops, widths, plan in sorted(plans, key=lambda t: t[:2]):
+        if tie is not None and abs(loss - tie[0]) <= LOSS_TIE * abs(tie[0]):
+            if flops < tie[1]:
+                tie = (tie[0], flops)
+                ranked[-1] = (widths, plan)
+            continue
+        tie = (loss, flops)
+        ranked.append((widths, plan))
+    ranked = [(w, p) for w, p in ranked if tuple(w.values()) not in (skip or ())]
     fits: list[tuple[Plan, float, float]] = []
     for widths, plan in ranked[:SMALL_SPACE_TIMINGS]:
         latency = evaluator.value("latency", plan)
