@@ -656,6 +656,34 @@ def test_small_space_is_ranked_whole_by_calibration_loss(digits, monkeypatch):
     assert strategies._small_space_candidates(a, ev, rank, options, goal, points, []) == []
 
 
+def test_small_space_calls_share_their_timings(digits, monkeypatch):
+    """Two enumerations of the small space (the unreachable goal's two reaches) share a set of
+    the plans already timed: their cached timings do not count against ``SMALL_SPACE_TIMINGS``
+    again, so the second one gets as far again down the ranking."""
+    import prunepass.select.strategies as strategies
+
+    model, a, _ = digits
+    stub = _StubLatency(a)
+
+    def loss(plan):
+        w = plan.widths(a)
+        return 1.0 / (w["g0"] * w["g1"] * w["g2"] * w["g3"])
+
+    ev = Evaluator(a, CostModel(a), stub, loss)
+    _, rank, options, plan, _ = _settle_setup(a, stub, {"g0": 16, "g1": 32, "g2": 64, "g3": 64})
+    points = [(float(ev.cost.flops()), stub(plan))]
+    monkeypatch.setattr(strategies, "SMALL_SPACE_TIMINGS", 3)
+    goal = 0.3 * stub(plan)  # nothing near it fits: every timing is spent
+    for shared, expected in ((set(), 6), (None, None)):
+        first = strategies._small_space_candidates(a, ev, rank, options, goal, points, [], window=(0.0, 1.5),
+                                                   confirm=False, timed=shared)
+        second = strategies._small_space_candidates(a, ev, rank, options, goal, points, [], window=(0.0, 1.5),
+                                                    confirm=False, timed=shared)
+        assert first == [] and second == []
+        if shared is not None:
+            assert len(shared) == expected
+
+
 class _HighDrawStub(_StubLatency):
     """Every plan's one search timing lands 4 % over its latency; a longer measurement gets it."""
 

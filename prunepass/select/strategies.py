@@ -877,11 +877,12 @@ def _pick_latency_candidate(analysis: Analysis, evaluator: Evaluator, rank: dict
         # The deployed timing below judges them, so the search timing only admits them (a longer
         # one would gate on a second noisy draw: at batch 1 the (8,16,32,32) above, first timed
         # within the reach, was shut out by its longer timing and never reached the judge)
-        floor = min(c[1] for c in candidates)
+        floor, searched = min(c[1] for c in candidates), set()
         for reach in (NEAR_FASTEST, NEAR_FASTEST ** 2):
             known = {tuple(c[0].widths(analysis)[k] for k in options) for c in candidates}
             candidates += _small_space_candidates(analysis, evaluator, rank, options, floor * reach, points,
-                                                  history, meta, window=(0.0, 1.0), confirm=False, skip=known)
+                                                  history, meta, window=(0.0, 1.0),
+                                                  confirm=False, skip=known, timed=searched)
         # "as fast" is decided on the candidates timed together as deployed, in the
         # same rounds (one search timing each, taken minutes apart, cannot tell 3 % from 10 %
         # where per-operator overhead dominates; the digits CNN at batch 1)
@@ -928,7 +929,8 @@ def _small_space_candidates(analysis: Analysis, evaluator: Evaluator, rank: dict
                             options: dict[str, list[int]], goal: float, points: list[tuple[float, float]],
                             history: list[dict[str, float]], meta: dict[str, Any] | None = None,
                             window: tuple[float, float] = SMALL_SPACE_WINDOW, confirm: bool = True,
-                            skip: set[tuple] | None = None) -> list[tuple[Plan, float, float]]:
+                            skip: set[tuple] | None = None, timed: set[tuple] | None = None
+                            ) -> list[tuple[Plan, float, float]]:
     """When the whole search space has at most ``SMALL_SPACE`` plans and the evaluator has a
     calibration loss: the plans whose latency, predicted from FLOPs by the measurements so far,
     lies within ``window`` (goals, ``SMALL_SPACE_WINDOW`` by default), in order of calibration loss, are timed until
@@ -937,7 +939,8 @@ def _small_space_candidates(analysis: Analysis, evaluator: Evaluator, rank: dict
     ``SMALL_SPACE_NEAR`` over the goal is timed again with more runs, and that timing decides;
     without ``confirm`` (a deployed timing of every finalist follows and judges them) the
     first timing decides, and a plan at most ``SMALL_SPACE_NEAR`` over fits.  Plans whose
-    widths are in ``skip`` are passed over.  Returns those that fit, ``(plan, latency, kept
+    widths are in ``skip`` are passed over; ``timed`` (widths, updated here) lists the plans
+    timed by an earlier call, whose timings are cached and do not count again.  Returns those that fit, ``(plan, latency, kept
     importance)``.  The knapsack adds importance
     up group by group; on a small network that misjudges what a plan costs (the digits CNN at
     50 %: (8, 24, 32, 40) has a fifth of the calibration loss of the MILP's (16, 8, 64, 32))."""
@@ -965,7 +968,15 @@ def _small_space_candidates(analysis: Analysis, evaluator: Evaluator, rank: dict
         ranked.append((widths, plan))
     ranked = [(w, p) for w, p in ranked if tuple(w.values()) not in (skip or ())]
     fits: list[tuple[Plan, float, float]] = []
-    for widths, plan in ranked[:SMALL_SPACE_TIMINGS]:
+    timings = 0
+    for widths, plan in ranked:
+        if timings >= SMALL_SPACE_TIMINGS:
+            break
+        wide = tuple(widths.values())
+        if timed is None or wide not in timed:
+            timings += 1
+        if timed is not None:
+            timed.add(wide)
         latency = evaluator.value("latency", plan)
         value = sum(kept_value(rank[k], w) for k, w in widths.items())
         history.append({"value": latency, "score": value, "small_space": 1.0})
