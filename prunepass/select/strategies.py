@@ -940,10 +940,10 @@ def _small_space_candidates(analysis: Analysis, evaluator: Evaluator, rank: dict
     without ``confirm`` (a deployed timing of every finalist follows and judges them) the
     first timing decides, and a plan at most ``SMALL_SPACE_NEAR`` over fits.  Plans whose
     widths are in ``skip`` are passed over; ``timed`` (widths, updated here) lists the plans
-    timed by an earlier call, whose timings are cached and do not count again.  Returns those that fit, ``(plan, latency, kept
-    importance)``.  The knapsack adds importance
-    up group by group; on a small network that misjudges what a plan costs (the digits CNN at
-    50 %: (8, 24, 32, 40) has a fifth of the calibration loss of the MILP's (16, 8, 64, 32))."""
+    timed by an earlier call, whose timings are cached and do not count again.  Returns those
+    that fit, ``(plan, latency, kept importance)``.  The knapsack adds importance up group by
+    group; on a small network that misjudges what a plan costs (the digits CNN at 50 %:
+    (8, 24, 32, 40) has a fifth of the calibration loss of the MILP's (16, 8, 64, 32))."""
     if not evaluator.has_loss or not options or not _is_small_space(options):
         return []
     names = list(options)

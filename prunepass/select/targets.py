@@ -284,8 +284,10 @@ class LatencyOracle:
                    ) -> tuple[float | None, float | None, float | None]:
         """What this run saw of the machine's states, over every deployed round and ``extra``
         rounds (prune()'s final measurement): the original's latency in the quietest round (ms),
-        the median slope of the plans that ran in two states (None when none did) and the heavy
-        load (``HEAVY_QUANTILE`` of the rounds' loads).  ``select.states`` remembers all three."""
+        the median slope of the plans that ran in two states, told apart by this run's rounds
+        alone (None when none did), and the heavy load (``HEAVY_QUANTILE`` of the rounds' loads,
+        against the remembered quiet latency when every round ran busy by it).
+        ``select.states`` remembers all three."""
         rounds: dict[tuple, list[tuple[float, float]]] = {k: list(v) for k, v in self.deployed_rounds.items()}
         for key, more in (extra or {}).items():
             rounds.setdefault(key, []).extend(more)
