@@ -26,7 +26,7 @@ from prunepass.select.states import (
     cache_dir,
     state_key,
 )
-from prunepass.select.targets import BUSY_FACTOR, LatencyOracle
+from prunepass.select.targets import BUSY_FACTOR, DEPLOYED_ROUNDS, LatencyOracle
 from prunepass.select.uniform import uniform_plan
 
 
@@ -274,6 +274,11 @@ def test_a_latency_search_counts_its_timings_on_a_progress_bar(digits, monkeypat
     monkeypatch.setattr(api, "select_plan", select)
     result = api.prune(model, inputs, target="latency=90%", show_progress=True, state_memory=False)
     assert seen[0] is not None and seen[1] == 2
+    # the deployed rounds in turn: (seconds, plan number, original's ms, ratio), the final measurement after them
+    states = result.report["latency"]["states"]
+    times = [t for t, _, _, _ in states["timeline"]]
+    assert len(times) == DEPLOYED_ROUNDS and times == sorted(times) and states["final_at"] >= times[-1]
+    assert all(ms > 0 and 0 < ratio < 1.5 for _, _, ms, ratio in states["timeline"])
     assert "timing plans for latency=90%" in capsys.readouterr().err
     quiet = api.prune(model, inputs, target="latency=90%", state_memory=False)
     assert seen[2:] == [None, None] and quiet.report["latency"]["ratio"] > 0

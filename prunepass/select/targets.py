@@ -204,6 +204,7 @@ class LatencyOracle:
             sessions = self._deployed.setdefault(key, [])
             if len(sessions) < REF_SESSIONS:  # a plan timed again (the answer) gets one more session
                 sessions.append(_session(self.analysis, self._deployed_protos[key], self.threads))
+        number = {k: i for i, k in enumerate(self.plans)}  # the plans' numbers in the timeline
         for r in range(rounds):
             self._ref_turn += 1
             ref = self._deployed_refs[self._ref_turn % len(self._deployed_refs)]
@@ -214,7 +215,7 @@ class LatencyOracle:
                                         threads=self.threads)
                 self.deployed_rounds.setdefault(key, []).append((o.median, p.median / o.median))
                 self._t0 = self._t0 if self._t0 is not None else time.monotonic()
-                self.timeline.append((time.monotonic() - self._t0, list(self.plans).index(key), o.median,
+                self.timeline.append((time.monotonic() - self._t0, number[key], o.median,
                                       p.median / o.median))
         return [self.deployed_estimate(p) for p in plans]
 
