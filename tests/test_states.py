@@ -26,7 +26,7 @@ from prunepass.select.states import (
     cache_dir,
     state_key,
 )
-from prunepass.select.targets import BUSY_FACTOR, DEPLOYED_ROUNDS, LatencyOracle
+from prunepass.select.targets import BUSY_FACTOR, DEPLOYED_ROUNDS, STATE_AIM, LatencyOracle
 from prunepass.select.uniform import uniform_plan
 
 
@@ -141,7 +141,7 @@ def test_memory_location_and_switch(tmp_path, monkeypatch, digits):
     assert state_key(a, 1) == state_key(analyze(model, inputs), 1)
 
 
-def test_a_remembered_slope_moves_a_one_state_estimate_midway(digits):
+def test_a_remembered_slope_moves_a_one_state_estimate_toward_the_heavy_load(digits):
     """A search that saw only one state uses the remembered slope and heavy load as if it had
     seen them; the remembered quiet latency tells it that rounds it took for quiet were in fact
     busy.  What the run sees itself comes first."""
@@ -159,11 +159,11 @@ def test_a_remembered_slope_moves_a_one_state_estimate_midway(digits):
     oracle.prior = StatePrior(quiet_ms=0.90, slope=0.1, runs=5, slope_runs=4, heavy=1.5)
     assert oracle.state_gap() == pytest.approx(1.05)
     # 1.2 ms is busy (load 1.33) for a machine whose original runs 0.9 ms when quiet: brought back to load 1
-    # and moved halfway up to the remembered heavy load
-    assert oracle.deployed_estimate(plan) == pytest.approx(at_quiet(0.90, 0.1) * 2.05 / 2)
+    # and moved STATE_AIM of the way up to the remembered heavy load
+    assert oracle.deployed_estimate(plan) == pytest.approx(at_quiet(0.90, 0.1) * (1 + STATE_AIM * 0.05))
     assert at_quiet(0.90, 0.1) < 0.44
     oracle.prior = StatePrior(quiet_ms=1.19, slope=0.1, runs=5, slope_runs=4, heavy=1.5)  # 1.2 ms is quiet here
-    assert oracle.deployed_estimate(plan) == pytest.approx(at_quiet(1.20, 0.1) * 2.05 / 2)
+    assert oracle.deployed_estimate(plan) == pytest.approx(at_quiet(1.20, 0.1) * (1 + STATE_AIM * 0.05))
     # rounds within the busy factor of the run's own quietest are quiet, whatever is remembered
     oracle.prior = StatePrior(quiet_ms=0.90, slope=0.1, runs=5, slope_runs=4, heavy=1.5)
     oracle.deployed_rounds[key] = [(0.95, 0.40), (1.02, 0.41)]
@@ -177,7 +177,7 @@ def test_a_remembered_slope_moves_a_one_state_estimate_midway(digits):
     assert oracle.state_slope() == pytest.approx(seen) and oracle.state_slope(plan) == pytest.approx(seen)
     heavy = oracle.heavy_load()
     assert heavy == pytest.approx(1.22 / 1.20)  # the 80th percentile of the loads 1, 1, 1.008, 1.017, 1.176
-    assert oracle.deployed_estimate(plan) == pytest.approx(at_quiet(1.20, seen) * (2 + seen * (heavy - 1)) / 2)
+    assert oracle.deployed_estimate(plan) == pytest.approx(at_quiet(1.20, seen) * (1 + STATE_AIM * seen * (heavy - 1)))
 
 
 def test_run_states_counts_the_final_measurement(digits):

@@ -8,7 +8,8 @@ Why it is needed: on a shared VM a small model's latency *ratio* moves with the 
 and not by the same amount for every plan.  The digits CNN at batch 64, target 40 %: a plan with
 a 16-channel first layer measures 0.40 in a quiet state and 0.35 when the original runs twice as
 slowly, while a plan with an 8-channel first layer stays within a few percent of 0.40 in both.
-The search aims each plan midway between the states it saw; a state it did not see can still move
+The search aims each plan between the states it saw (``STATE_AIM`` of the way from the quiet one
+to the heavy load); a state it did not see can still move
 its answer out of the band.  The final check sees that state, so it is the moment to choose
 among the plans already exported the one whose ratio the state moves least."""
 

@@ -6,8 +6,9 @@ state: the digits CNN at batch 64 measures 0.40 of the original when the machine
 states for seconds to minutes at a time.  The ratio rises about in proportion to the machine's
 *load* (the original's latency over its quiet latency): the zoo's convnext at 60 % measured
 0.58 at load 1.0, 0.62 at 1.4 and 0.66 at 2.4, mobilenet_v2 0.58 at 1.0 and 0.63 at 1.75.  A
-search aims its answer midway between the quiet state and the heaviest load it expects
-(``LatencyOracle.deployed_estimate``), so any state in between lands within the band; but a
+search aims its answer between the quiet state and the heaviest load it expects, three quarters
+of the way up, where later measurements most often land (``LatencyOracle.deployed_estimate``,
+``STATE_AIM``), so that states in between land within the band; but a
 search that ran through one state only cannot know how steeply the ratio rises, nor how heavy
 the machine gets.  Earlier runs can: this module remembers, per (machine, model, input shapes,
 threads), the original's latency in the quietest round of each run, the ratio's *slope* (its

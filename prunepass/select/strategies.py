@@ -13,7 +13,7 @@ import random
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +40,14 @@ STEP_LOSS_CANDIDATES = 4  # narrowing steps of the settle step compared by calib
 # target promises (the digits CNN at batch 1: 8,16,32,32 times 1.00-1.06x 8,8,24,24, with 89 %
 # raw test accuracy against 31 %; a user whose goal is out of reach gets the accurate one)
 NEAR_FASTEST = 1 + LATENCY_BAND
+# from that answer, a plan at most KNEE_STEP slower (timed as deployed in the same rounds) whose
+# calibration loss is at least KNEE_GAIN lower is taken instead, step by step, up to NEAR_FASTEST
+# squared of the fastest: where a few percent of latency buys a much more accurate network, "as
+# fast" stops at the knee, not at a fixed line through the noise (the digits CNN at batch 1:
+# 8,16,8,48 at 1.06x the fastest with loss 1.56; 8,16,32,32 at 1.11x with 0.64; 89 % raw
+# accuracy against 46 %)
+KNEE_STEP = LATENCY_BAND
+KNEE_GAIN = 0.25
 LOSS_SLACK = 0.05  # a finalist in the latency band may cost this much more calibration loss
 FILL_STEPS = 16  # the fill step widens a group by at least 1/16 of its size at a time
 SETTLE_BAND = 0.025  # an answer timed as deployed this far off its latency goal is moved toward it
@@ -454,9 +462,10 @@ def _fill_latency(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.n
 
 def _settle_band(evaluator: Evaluator, plan: Plan) -> float:
     """How far off its goal an answer's deployed estimate may stay: ``SETTLE_BAND``, narrowed
-    when the machine's state moves this plan's latency (``Evaluator.state_swing``: the digits
-    CNN at batch 64 measures 4.5 % either side of its estimate in a quiet or a busy state), so
-    that a later measurement in either state still lands within ``LATENCY_BAND``."""
+    when the machine's state moves this plan's latency above its estimate
+    (``Evaluator.state_swing``: the digits CNN at batch 64 measures 9 % slower in a busy state
+    than in a quiet one), so that a later measurement in the heavier state still lands within
+    ``LATENCY_BAND``."""
     return min(SETTLE_BAND, max(MIN_SETTLE_BAND, LATENCY_BAND - STATE_MARGIN - evaluator.state_swing(plan)))
 
 
@@ -679,7 +688,7 @@ def _settle_neighbours(analysis: Analysis, evaluator: Evaluator, rank: dict[str,
                 history.append({"value": r[1], "score": r[2], "deployed": 1.0})
             # out-of-band single steps stay in the running for "closest" (their first timing)
             single_results = results + [r for r in single_results if all(r is not b for b in banded)]
-    if goal * (1 - LATENCY_BAND + evaluator.state_swing(plan)) <= deployed <= goal * (1 + band):
+    if goal * (1 - LATENCY_BAND + evaluator.state_swing(plan, above=False)) <= deployed <= goal * (1 + band):
         # the answer is already within the promised band, in either state of the machine: moving
         # nearer the goal must not cost accuracy (a neighbour one group narrower can lose far
         # more than its latency is worth).  Not when it is over the goal by more than the settle
@@ -851,7 +860,8 @@ def _pick_latency_candidate(analysis: Analysis, evaluator: Evaluator, rank: dict
     larger kept importance (those in the band first).  If none fits, the small space's
     lowest-loss plans timed within ``NEAR_FASTEST`` (and its square) of the fastest join them,
     and the candidates within ``NEAR_FASTEST`` of the fastest, timed together as deployed,
-    compete the same way."""
+    compete the same way; from the winner, ``_knee`` moves on to a slightly slower plan while a
+    few percent of latency buys a much lower loss."""
     uni, ratio = _uniform_latency(analysis, evaluator, rank, constraint, goal, history)
     uni = (uni[0], evaluator.remeasure(uni[0]), uni[2])
     candidates = [chosen, uni]
@@ -877,12 +887,21 @@ def _pick_latency_candidate(analysis: Analysis, evaluator: Evaluator, rank: dict
         # The deployed timing below judges them, so the search timing only admits them (a longer
         # one would gate on a second noisy draw: at batch 1 the (8,16,32,32) above, first timed
         # within the reach, was shut out by its longer timing and never reached the judge)
-        floor, searched = min(c[1] for c in candidates), set()
+        # Which plans are near the fastest is told by a latency fit on the widths of every plan
+        # timed so far (at batch 1 latency is nearly flat in FLOPs, and a FLOPs line through the
+        # noise put the goal below every plan: nothing was ranked), shifted through the fastest
+        fastest_plan = min(candidates, key=lambda c: c[1])
+        floor, searched = fastest_plan[1], set()
+        fit = _width_latency_fit(analysis, evaluator, list(options))
+        predict = None
+        if fit is not None:
+            at_floor = fit(fastest_plan[0].widths(analysis))
+            predict = lambda w: floor + fit(w) - at_floor  # noqa: E731
         for reach in (NEAR_FASTEST, NEAR_FASTEST ** 2):
             known = {tuple(c[0].widths(analysis)[k] for k in options) for c in candidates}
             candidates += _small_space_candidates(analysis, evaluator, rank, options, floor * reach, points,
-                                                  history, meta, window=(0.0, 1.0),
-                                                  confirm=False, skip=known, timed=searched)
+                                                  history, meta, window=(0.0, 1.0), confirm=False,
+                                                  skip=known, timed=searched, predict=predict)
         # "as fast" is decided on the candidates timed together as deployed, in the
         # same rounds (one search timing each, taken minutes apart, cannot tell 3 % from 10 %
         # where per-operator overhead dominates; the digits CNN at batch 1)
@@ -891,8 +910,14 @@ def _pick_latency_candidate(analysis: Analysis, evaluator: Evaluator, rank: dict
         if timed is not None:
             speed = {id(c): t for c, t in zip(candidates, timed, strict=True)}
             history.extend({"value": t, "score": c[2], "deployed": 1.0} for c, t in zip(candidates, timed, strict=True))
+            for c, t in zip(candidates, timed, strict=True):
+                log.debug("as deployed %s: latency %.4g (search %.4g), calibration loss %s", list(c[0].widths(analysis).values()),
+                          t, c[1], evaluator.cached_loss(c[0]))
         fastest = min(speed.values())
         pool = [c for c in candidates if speed[id(c)] <= fastest * NEAR_FASTEST]
+        if evaluator.has_loss:
+            best = min(pool, key=lambda c: evaluator.loss(c[0]))
+            return _knee(analysis, evaluator, candidates, speed, best, fastest * NEAR_FASTEST ** 2)
     # a latency target is a promise both ways: prefer finalists within 7 % under the goal (with a
     # calibration loss: unless that costs more than LOSS_SLACK of the best finalist's loss)
     in_band = [c for c in pool if goal * (1 - LATENCY_BAND) <= c[1] <= goal]
@@ -919,6 +944,25 @@ def _pick_latency_candidate(analysis: Analysis, evaluator: Evaluator, rank: dict
     return max(in_band or pool, key=lambda c: c[2])
 
 
+def _knee(analysis: Analysis, evaluator: Evaluator, candidates: list[tuple[Plan, float, float]],
+          speed: dict[int, float], start: tuple[Plan, float, float], limit: float) -> tuple[Plan, float, float]:
+    """From ``start``, move to the lowest-loss candidate at most ``KNEE_STEP`` slower (``speed``:
+    latency by ``id`` of the candidate) whose calibration loss is at least ``KNEE_GAIN`` (of its
+    size) lower, while under ``limit``; repeat from there.  Returns where it stops."""
+    current = start
+    while True:
+        loss = evaluator.loss(current[0])
+        reach = min(speed[id(current)] * (1 + KNEE_STEP), limit)
+        better = [c for c in candidates if speed[id(c)] <= reach and evaluator.loss(c[0]) < loss - KNEE_GAIN * abs(loss)]
+        if not better:
+            return current
+        step = min(better, key=lambda c: evaluator.loss(c[0]))
+        log.debug("knee: %s (latency %.4g, loss %.4g) -> %s (latency %.4g, loss %.4g)",
+                  list(current[0].widths(analysis).values()), speed[id(current)], loss,
+                  list(step[0].widths(analysis).values()), speed[id(step)], evaluator.loss(step[0]))
+        current = step
+
+
 def _is_small_space(options: dict[str, list[int]]) -> bool:
     """Whether the whole search space (every combination of allowed widths) has at most
     ``SMALL_SPACE`` plans: few enough to rank by calibration loss."""
@@ -929,7 +973,8 @@ def _small_space_candidates(analysis: Analysis, evaluator: Evaluator, rank: dict
                             options: dict[str, list[int]], goal: float, points: list[tuple[float, float]],
                             history: list[dict[str, float]], meta: dict[str, Any] | None = None,
                             window: tuple[float, float] = SMALL_SPACE_WINDOW, confirm: bool = True,
-                            skip: set[tuple] | None = None, timed: set[tuple] | None = None
+                            skip: set[tuple] | None = None, timed: set[tuple] | None = None,
+                            predict: Callable[[dict[str, int]], float] | None = None
                             ) -> list[tuple[Plan, float, float]]:
     """When the whole search space has at most ``SMALL_SPACE`` plans and the evaluator has a
     calibration loss: the plans whose latency, predicted from FLOPs by the measurements so far,
@@ -940,7 +985,8 @@ def _small_space_candidates(analysis: Analysis, evaluator: Evaluator, rank: dict
     without ``confirm`` (a deployed timing of every finalist follows and judges them) the
     first timing decides, and a plan at most ``SMALL_SPACE_NEAR`` over fits.  Plans whose
     widths are in ``skip`` are passed over; ``timed`` (widths, updated here) lists the plans
-    timed by an earlier call, whose timings are cached and do not count again.  Returns those
+    timed by an earlier call, whose timings are cached and do not count again.  ``predict``
+    (widths -> latency) replaces the FLOPs line that places plans in the window.  Returns those
     that fit, ``(plan, latency, kept importance)``.  The knapsack adds importance up group by
     group; on a small network that misjudges what a plan costs (the digits CNN at 50 %:
     (8, 24, 32, 40) has a fifth of the calibration loss of the MILP's (16, 8, 64, 32))."""
@@ -948,10 +994,13 @@ def _small_space_candidates(analysis: Analysis, evaluator: Evaluator, rank: dict
         return []
     names = list(options)
     cost = evaluator.cost
-    lo = _latency_budget(points, goal * window[0], float(cost.flops()))
-    hi = _latency_budget(points, goal * window[1], float(cost.flops()))
     near = [dict(zip(names, combo, strict=True)) for combo in itertools.product(*options.values())]
-    near = [w for w in near if lo <= float(cost.flops(w)) <= hi]
+    if predict is not None:
+        near = [w for w in near if goal * window[0] <= predict(w) <= goal * window[1]]
+    else:
+        lo = _latency_budget(points, goal * window[0], float(cost.flops()))
+        hi = _latency_budget(points, goal * window[1], float(cost.flops()))
+        near = [w for w in near if lo <= float(cost.flops(w)) <= hi]
     plans = [(evaluator.loss(p), float(cost.flops(w)), w, p)
              for w in near for p in [plan_from_widths(analysis, w, rank, **(meta or {}))]]
     # equal losses (channels whose removal changes nothing, dead ones), to LOSS_TIE: the fewest
@@ -991,6 +1040,28 @@ def _small_space_candidates(analysis: Analysis, evaluator: Evaluator, rank: dict
                 if len(fits) >= SMALL_SPACE_FITS:
                     break
     return fits
+
+
+def _width_latency_fit(analysis: Analysis, evaluator: Evaluator, names: list[str]
+                       ) -> Callable[[dict[str, int]], float] | None:
+    """Latency as a + sum of b_g x (width of g / its size), least squares over every plan the
+    oracle has timed (its ``cache``, by widths), with a light ridge: the uniform plans of the
+    search move all groups together.  None when the oracle keeps no such cache or has timed
+    fewer plans than the fit has terms."""
+    cache = getattr(evaluator.latency, "cache", None)
+    if not isinstance(cache, dict) or len(cache) < len(names) + 2:
+        return None
+    groups = [g.name for g in analysis.prunable_groups]
+    size = {g.name: float(g.size) for g in analysis.prunable_groups}
+    if any(n not in size for n in names):
+        return None
+    rows = [dict(zip(groups, key, strict=True)) for key in cache]
+    x = np.array([[1.0] + [w[n] / size[n] for n in names] for w in rows])
+    y = np.array(list(cache.values()), dtype=float)
+    ridge = 1e-3 * len(rows) * np.eye(x.shape[1])
+    ridge[0, 0] = 0.0
+    coef = np.linalg.solve(x.T @ x + ridge, x.T @ y)
+    return lambda w: float(coef[0] + sum(c * w[n] / size[n] for c, n in zip(coef[1:], names, strict=True)))
 
 
 def _latency_budget(points: list[tuple[float, float]], goal: float, max_flops: float) -> float:
