@@ -957,9 +957,9 @@ def _knee(analysis: Analysis, evaluator: Evaluator, candidates: list[tuple[Plan,
         if not better:
             return current
         step = min(better, key=lambda c: evaluator.loss(c[0]))
-        log.debug("knee: %s (latency %.4g, loss %.4g) -> %s (latency %.4g, loss %.4g)",
-                  list(current[0].widths(analysis).values()), speed[id(current)], loss,
-                  list(step[0].widths(analysis).values()), speed[id(step)], evaluator.loss(step[0]))
+        log.info("goal out of reach: widths %s take %.1f %% more latency than %s for %.0f %% less calibration loss",
+                 list(step[0].widths(analysis).values()), 100 * (speed[id(step)] / speed[id(current)] - 1),
+                 list(current[0].widths(analysis).values()), 100 * (loss - evaluator.loss(step[0])) / max(abs(loss), 1e-12))
         current = step
 
 
