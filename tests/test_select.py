@@ -643,6 +643,28 @@ def test_infeasible_latency_target_returns_the_most_accurate_as_fast_plan(digits
         assert loss(got[0]) <= (1 - strategies.KNEE_GAIN) * best
 
 
+def test_an_unreachable_goal_is_not_settled_toward_the_goal(digits):
+    """The knapsack's answer to a goal no plan reaches is the candidates' pick, judged as deployed
+    among the plans about as fast as the fastest: the settle step, which moves an answer toward
+    its goal, would narrow it back to the fastest (least accurate) plan, so it does not run."""
+    import prunepass.select.strategies as strategies
+
+    model, a, _ = digits
+    stub = _FlatStub(a, 1.0)
+
+    def loss(plan):
+        w = plan.widths(a)
+        return 1.0 / (w["g0"] * w["g1"] * min(w["g2"], w["g3"]))
+
+    plan, rep = knapsack_plan(a, magnitude_scores(model, a), Target.parse("latency=50%"),
+                              Evaluator(a, CostModel(a), stub, loss), ChannelConstraint(step=8))
+    names = [st["stage"].split(" ")[0] for st in rep.stages]
+    assert not rep.met and "settle" not in names and "neighbours" not in names
+    assert rep.stages[names.index("candidates")]["widths"] == plan.widths(a)
+    narrowest = strategies.plan_from_widths(a, {g.name: 8 for g in a.prunable_groups}, None)
+    assert loss(plan) < loss(narrowest) and rep.achieved == pytest.approx(stub(plan))
+
+
 def test_an_unreachable_goal_stops_at_the_knee(digits):
     """From the lowest-loss plan about as fast as the fastest, the answer moves on to a plan at
     most KNEE_STEP slower whose loss is at least KNEE_GAIN lower, step by step, and stops where

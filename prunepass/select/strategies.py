@@ -352,7 +352,10 @@ def knapsack_plan(analysis: Analysis, scores: Scores, target: Target, evaluator:
         chosen = _pick_latency_candidate(analysis, evaluator, rank, options, constraint, chosen, goal, tolerance,
                                          points, history)
         _stage(stages, "candidates", analysis, evaluator, chosen)
-        chosen = _settle_deployed(analysis, evaluator, rank, options, chosen, goal, points, history, stages)
+        if chosen[1] <= goal:
+            # (over it: no plan reached the goal, and the answer was judged as deployed among the
+            # plans about as fast as the fastest; settling toward the goal would undo that choice)
+            chosen = _settle_deployed(analysis, evaluator, rank, options, chosen, goal, points, history, stages)
         chosen = (chosen[0], _time_again_if_over(evaluator, chosen[0], chosen[1], goal), chosen[2])
         _stage(stages, "deployed", analysis, evaluator, chosen)
     plan, achieved, _ = chosen
