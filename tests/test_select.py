@@ -355,6 +355,14 @@ def test_latency_answer_settles_on_the_deployed_timing(resnet, bias):
     assert rep.stages[names.index("candidates")]["widths"] != plan.widths(a)
 
 
+def _knapsack_at_70(resnet, stub):
+    """(plan, report, deployed latency of the plan) of the knapsack at latency=70 % on ``stub``."""
+    model, a, s = resnet
+    plan, rep = knapsack_plan(a, s, Target.parse("latency=70%"), Evaluator(a, CostModel(a), stub),
+                              ChannelConstraint(step=8))
+    return plan, rep, stub.deployed_ratios([plan])[0] * rep.base
+
+
 class _BusyAfterDeployStub(_BiasedStub):
     """The machine turns busy once the answer is first timed as deployed: search timings from
     then on run 25 % slower against the original's, taken before; deployed timings are paired
@@ -379,11 +387,7 @@ def test_settle_step_aims_on_timings_taken_in_the_same_state(resnet, monkeypatch
     from prunepass.select.strategies import SETTLE_BAND
 
     monkeypatch.setattr(strategies, "NEIGHBOUR_PASSES", 0)
-    model, a, s = resnet
-    stub = _BusyAfterDeployStub(a, 1.1)
-    plan, rep = knapsack_plan(a, s, Target.parse("latency=70%"), Evaluator(a, CostModel(a), stub),
-                              ChannelConstraint(step=8))
-    deployed = stub.deployed_ratios([plan])[0] * rep.base
+    plan, rep, deployed = _knapsack_at_70(resnet, _BusyAfterDeployStub(resnet[1], 1.1))
     assert rep.met and rep.achieved == pytest.approx(deployed)
     assert abs(deployed / rep.goal - 1) <= 2 * SETTLE_BAND
 
@@ -406,11 +410,8 @@ def test_settle_step_tries_halfway_when_a_move_jumps_over_the_goal(resnet, monke
 
     monkeypatch.setattr(strategies, "SETTLE_TRIES", 1)
     monkeypatch.setattr(strategies, "NEIGHBOUR_PASSES", 0)
-    model, a, s = resnet
-    stub = _SteepStub(a, 1.1 / 0.7)  # a plan timed at 0.7 of the original deploys at 0.77
-    plan, rep = knapsack_plan(a, s, Target.parse("latency=70%"), Evaluator(a, CostModel(a), stub),
-                              ChannelConstraint(step=8))
-    deployed = stub.deployed_ratios([plan])[0] * rep.base
+    # a plan timed at 0.7 of the original deploys at 0.77
+    plan, rep, deployed = _knapsack_at_70(resnet, _SteepStub(resnet[1], 1.1 / 0.7))
     names = [st["stage"].split(" ")[0:2] for st in rep.stages]
     assert ["settle", "halfway"] in names
     assert abs(deployed / rep.goal - 1) <= 2 * strategies.SETTLE_BAND
@@ -435,11 +436,7 @@ def test_settle_step_keeps_a_narrowing_that_is_still_over_but_nearer(resnet, mon
     import prunepass.select.strategies as strategies
 
     monkeypatch.setattr(strategies, "NEIGHBOUR_PASSES", 0)
-    model, a, s = resnet
-    stub = _DampedStub(a, 1.1)
-    plan, rep = knapsack_plan(a, s, Target.parse("latency=70%"), Evaluator(a, CostModel(a), stub),
-                              ChannelConstraint(step=8))
-    deployed = stub.deployed_ratios([plan])[0] * rep.base
+    plan, rep, deployed = _knapsack_at_70(resnet, _DampedStub(resnet[1], 1.1))
     narrowed = [st for st in rep.stages if st["stage"].startswith("settle narrow")]
     assert len(narrowed) == 2  # the second narrowing starts from the first
     assert rep.achieved == pytest.approx(deployed) and deployed <= rep.goal * (1 + strategies.CLOSER_OVER)
