@@ -432,7 +432,7 @@ def test_settle_step_keeps_a_narrowing_that_is_still_over_but_nearer(resnet, mon
     """The answer lands 10 % over as deployed and the first narrowing only gets it to about 6 %
     over, past CLOSER_OVER: that move is kept (it is nearer the goal, and the answer was further
     past the limit) and narrowed again, instead of shipping the answer 10 % over (resnet50 at
-    60 %: +8.8 % answered, +6.7 % narrowed, shipped at +8.8 %)."""
+    60 %: +8.8 % answered, +6.7 % narrowed, the answer kept and reported missed)."""
     import prunepass.select.strategies as strategies
 
     monkeypatch.setattr(strategies, "NEIGHBOUR_PASSES", 0)
