@@ -633,6 +633,16 @@ class _UserLatencyEvaluator(Evaluator):
         """The user's latency function is the measurement: no separate re-timing."""
         return self.value("latency", plan)
 
+    def deployed(self, plans: list[Plan]) -> list[float] | None:
+        """No timing as deployed: the user's function is the measurement (the base class would
+        time onnxruntime exports on this machine and scale their ratios onto the user's metric,
+        and the settle step would then move the answer off the user's goal)."""
+        return None
+
+    def state_swing(self, plan: Plan, above: bool = True) -> float:
+        """The user's function has no machine states to swing between."""
+        return 0.0
+
     def _penalty(self, plan: Plan) -> float:
         base = self.base("latency")
         predicted = self.cost.flops(plan.widths(self.analysis)) / max(self.cost.flops(), 1) * base
