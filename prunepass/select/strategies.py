@@ -900,7 +900,8 @@ def _pick_latency_candidate(analysis: Analysis, evaluator: Evaluator, rank: dict
         # noise put the goal below every plan: nothing was ranked), shifted through the fastest
         fastest_plan = min(candidates, key=lambda c: c[1])
         floor, searched = fastest_plan[1], set()
-        fit = _width_latency_fit(analysis, evaluator, list(options))
+        # (the small space is ranked by calibration loss: without one there is nothing to place)
+        fit = _width_latency_fit(analysis, evaluator, list(options)) if evaluator.has_loss else None
         predict = None
         if fit is not None:
             at_floor = fit(fastest_plan[0].widths(analysis))
