@@ -34,6 +34,7 @@ from prunepass.select.constraints import ChannelConstraint, warn_unmatched_rules
 from prunepass.select.recheck import needs_recheck, recheck_latency
 from prunepass.select.states import StateMemory
 from prunepass.select.strategies import (
+    UNREACHABLE,
     SearchReport,
     evolutionary_plan,
     global_plan,
@@ -70,10 +71,17 @@ class PruneResult:
 def select_plan(analysis: Analysis, scores: Scores, target: Target, *, strategy: str = "auto",
                 constraint: ChannelConstraint | None = None, evaluator: Evaluator | None = None,
                 strict: bool = False, seed: int = 0, n_search_steps: int = 200,
-                checkpoint: str | Path | None = None) -> tuple[Plan, SearchReport | None]:
-    """Run one strategy.  ``auto``: uniform for a ratio, knapsack for FLOPs/params/latency."""
+                checkpoint: str | Path | None = None, unreachable: str = "knee") -> tuple[Plan, SearchReport | None]:
+    """Run one strategy.  ``auto``: uniform for a ratio, knapsack for FLOPs/params/latency.
+    ``unreachable`` (knapsack only): what a latency goal beyond every plan gets, ``"knee"`` or
+    ``"fastest"`` (:func:`~prunepass.select.strategies.knapsack_plan`)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
+    if unreachable not in UNREACHABLE:
+        raise ValueError(f"unreachable must be one of {UNREACHABLE}, got {unreachable!r}")
+    if unreachable != "knee" and strategy not in ("auto", "knapsack"):
+        raise ValueError(f"unreachable={unreachable!r} is an option of the knapsack strategy; the {strategy} "
+                         "strategy returns the fastest plan it found when a goal is out of reach")
     evaluator = evaluator or Evaluator(analysis)
     warn_unmatched_rules(analysis.prunable_groups, constraint, stacklevel=3)
     if target.metric == "latency" and (constraint is None or constraint.step is None):
@@ -87,7 +95,7 @@ def select_plan(analysis: Analysis, scores: Scores, target: Target, *, strategy:
             return global_plan(analysis, scores, target.value, constraint), None
         raise ValueError(f"strategy {strategy!r} needs a FLOPs, params or latency target, not a ratio")
     if strategy in ("auto", "knapsack"):
-        return knapsack_plan(analysis, scores, target, evaluator, constraint, strict=strict)
+        return knapsack_plan(analysis, scores, target, evaluator, constraint, strict=strict, unreachable=unreachable)
     if strategy == "target":
         return target_plan(analysis, scores, target, evaluator, constraint, strict=strict)
     if strategy == "optimal":
@@ -102,7 +110,8 @@ def prune(model: nn.Module, example_inputs: Any, *, data: Iterable | None = None
           entry_point: str = "forward", calibration_steps: int | None = None, finetune_bn_steps: int | None = None,
           out_dir: str | Path | None = None, strict: bool = False, measure: bool = True, threads: int = 1,
           seed: int = 0, n_search_steps: int = 200, checkpoint: str | Path | None = None,
-          show_progress: bool = False, state_memory: bool = True, **sample_fns: Any) -> PruneResult:
+          show_progress: bool = False, state_memory: bool = True, unreachable: str = "knee",
+          **sample_fns: Any) -> PruneResult:
     """Analyse, score, select and apply in one call.
 
     ``data`` + ``loss_fn(output, batch)`` give gradient importance (``criterion`` taylor,
@@ -114,8 +123,11 @@ def prune(model: nn.Module, example_inputs: Any, *, data: Iterable | None = None
     ``out_dir`` the pruned state dict, plan, ONNX file and report are written there.  A latency
     target remembers what the run saw of the machine's quiet and busy states for the next run of
     this model here, when ``measure`` is on (``prunepass.select.states``; ``state_memory=False``
-    or ``PRUNEPASS_STATE_MEMORY=0`` neither reads nor writes it).  The user's model is never
-    modified."""
+    or ``PRUNEPASS_STATE_MEMORY=0`` neither reads nor writes it).  A latency goal that no plan
+    reaches (per-operator overhead at batch 1) is missed with a warning; the answer is then the
+    plan near the fastest where a few percent more latency stopped buying much lower calibration
+    loss (``unreachable="knee"``), or the fastest plan timed (``unreachable="fastest"``).  The
+    user's model is never modified."""
     t0 = time.perf_counter()
     target = Target.parse(target)
     a = analyze(model, example_inputs, entry_point)
@@ -141,7 +153,8 @@ def prune(model: nn.Module, example_inputs: Any, *, data: Iterable | None = None
         oracle.progress = bar
     try:
         plan, search = select_plan(a, scores, target, strategy=strategy, constraint=constraint, evaluator=evaluator,
-                                   strict=strict, seed=seed, n_search_steps=n_search_steps, checkpoint=checkpoint)
+                                   strict=strict, seed=seed, n_search_steps=n_search_steps, checkpoint=checkpoint,
+                                   unreachable=unreachable)
 
         def finish(plan: Plan) -> PruneResult:
             pruned = apply_plan(model, a, plan, inplace=False)

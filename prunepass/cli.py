@@ -107,6 +107,9 @@ data:
                     help="latency targets: neither use nor record what earlier runs saw of this machine's quiet "
                          "and busy states (kept in ~/.cache/prunepass; PRUNEPASS_STATE_MEMORY=0 does the same)")
     pr.add_argument("--strict", action="store_true", help="fail (exit 4) when the target cannot be met")
+    pr.add_argument("--unreachable", default="knee", choices=["knee", "fastest"],
+                    help="a latency goal no plan reaches (knapsack): the plan near the fastest where a few "
+                         "percent more latency stops buying much lower loss (knee, default) or the fastest plan")
     pr.add_argument("--out", type=Path, default=Path("prunepass_out"), help="output folder (default prunepass_out)")
     pr.set_defaults(func=cmd_prune)
 
@@ -235,7 +238,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
                        criterion=args.criterion, constraint=_constraint(args), entry_point=args.entry_point,
                        calibration_steps=args.steps, out_dir=args.out, strict=args.strict, threads=args.threads,
                        seed=args.seed, show_progress=not args.quiet, state_memory=not args.no_state_memory,
-                       **sample_fns)
+                       unreachable=args.unreachable, **sample_fns)
     except TargetNotMetError as exc:
         print(f"prunepass prune: target not met: {exc}", file=sys.stderr)
         return EXIT_TARGET

@@ -662,6 +662,36 @@ def test_an_unreachable_goal_is_not_settled_toward_the_goal(digits):
     assert loss(plan) < loss(narrowest) and rep.achieved == pytest.approx(stub(plan))
 
 
+def test_an_unreachable_goal_can_ask_for_the_fastest_plan(digits):
+    """``unreachable="fastest"`` gives a goal no plan reaches the plan that timed fastest as
+    deployed, whatever its loss (the default knee trades a few percent of latency for a much
+    lower loss); the option is checked before any search, and only the knapsack takes it."""
+    import prunepass.select.strategies as strategies
+    from prunepass.api import select_plan
+
+    model, a, _ = digits
+    stub = _FlatStub(a, 1.0)
+
+    def loss(plan):
+        w = plan.widths(a)
+        return 1.0 / (w["g0"] * w["g1"] * min(w["g2"], w["g3"]))
+
+    def run(unreachable):
+        return knapsack_plan(a, magnitude_scores(model, a), Target.parse("latency=50%"),
+                             Evaluator(a, CostModel(a), stub, loss), ChannelConstraint(step=8), unreachable=unreachable)
+
+    fastest, rep = run("fastest")
+    knee, _ = run("knee")
+    narrowest = strategies.plan_from_widths(a, {g.name: 8 for g in a.prunable_groups}, None)
+    assert not rep.met and fastest.widths(a) == narrowest.widths(a)
+    assert stub(knee) > stub(fastest) and loss(knee) < loss(fastest)
+    with pytest.raises(ValueError, match="unreachable must be one of"):
+        run("closest")
+    with pytest.raises(ValueError, match="option of the knapsack strategy"):
+        select_plan(a, magnitude_scores(model, a), Target.parse("latency=50%"), strategy="target",
+                    evaluator=Evaluator(a, CostModel(a), stub), unreachable="fastest")
+
+
 def test_an_unreachable_goal_stops_at_the_knee(digits):
     """From the lowest-loss plan about as fast as the fastest, the answer moves on to a plan at
     most KNEE_STEP slower whose loss is at least KNEE_GAIN lower, step by step, and stops where

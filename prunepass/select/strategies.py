@@ -48,6 +48,7 @@ NEAR_FASTEST = 1 + LATENCY_BAND
 # loss 0.64; 8,24,16,48 at 1.12x, loss 0.51 and 85 %)
 KNEE_STEP = LATENCY_BAND
 KNEE_GAIN = 0.25
+UNREACHABLE = ("knee", "fastest")  # what an out-of-reach latency goal gets (``knapsack_plan``)
 LOSS_SLACK = 0.05  # a finalist in the latency band may cost this much more calibration loss
 FILL_STEPS = 16  # the fill step widens a group by at least 1/16 of its size at a time
 SETTLE_BAND = 0.025  # an answer timed as deployed this far off its latency goal is moved toward it
@@ -262,15 +263,21 @@ def _finish(name: str, target: Target, base: float, goal: float, achieved: float
 def knapsack_plan(analysis: Analysis, scores: Scores, target: Target, evaluator: Evaluator,
                   constraint: ChannelConstraint | None = None, *, strict: bool = False,
                   max_iterations: int = 15, solver_time_limit: float = 60.0,
-                  tolerance: float = 0.03) -> tuple[Plan, SearchReport]:
+                  tolerance: float = 0.03, unreachable: str = "knee") -> tuple[Plan, SearchReport]:
     """Maximise the kept importance under a budget with an exact MILP (HiGHS via scipy).
 
     One width per group is chosen among its allowed widths.  Costs are linearised around the
     current solution with the FLOPs/params formulas and refined over iterations; for a latency
     target the FLOPs budget is re-fitted each iteration on the measured latencies, the most
     valuable candidates are re-timed with more runs, and latency left under the goal is spent
-    by widening groups one allowed width at a time (``_fill_latency``)."""
+    by widening groups one allowed width at a time (``_fill_latency``).  ``unreachable`` says
+    what a latency goal beyond every plan gets: ``"knee"`` (the default) trades a few percent of
+    latency for a much lower calibration loss near the fastest plan (``_knee``); ``"fastest"``
+    returns the plan that timed fastest as deployed, whatever its loss."""
     from scipy.optimize import Bounds, LinearConstraint, milp
+
+    if unreachable not in UNREACHABLE:
+        raise ValueError(f"unreachable must be one of {UNREACHABLE}, got {unreachable!r}")
 
     t0 = time.perf_counter()
     rank = ranking_scores(scores)
@@ -350,7 +357,7 @@ def knapsack_plan(analysis: Analysis, scores: Scores, target: Target, evaluator:
             chosen = _fill_latency(analysis, evaluator, rank, options, chosen, goal, points, history)
             _stage(stages, "fill", analysis, evaluator, chosen)
         chosen = _pick_latency_candidate(analysis, evaluator, rank, options, constraint, chosen, goal, tolerance,
-                                         points, history)
+                                         points, history, unreachable)
         _stage(stages, "candidates", analysis, evaluator, chosen)
         if chosen[1] <= goal:
             # (over it: no plan reached the goal, and the answer was judged as deployed among the
@@ -857,8 +864,8 @@ def _uniform_latency(analysis: Analysis, evaluator: Evaluator, rank: dict[str, n
 def _pick_latency_candidate(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.ndarray],
                             options: dict[str, list[int]], constraint: ChannelConstraint | None,
                             chosen: tuple[Plan, float, float], goal: float, tolerance: float,
-                            points: list[tuple[float, float]], history: list[dict[str, float]]
-                            ) -> tuple[Plan, float, float]:
+                            points: list[tuple[float, float]], history: list[dict[str, float]],
+                            unreachable: str = "knee") -> tuple[Plan, float, float]:
     """Compare the MILP's answer with the best uniform plan (widened by the fill step) and keep
     the better: summed importance is additive, but removing most of one group hurts more than
     it predicts, and onnxruntime's speed is not a function of FLOPs alone, so a uniform network
@@ -869,7 +876,8 @@ def _pick_latency_candidate(analysis: Analysis, evaluator: Evaluator, rank: dict
     lowest-loss plans timed within ``NEAR_FASTEST`` (and its square) of the fastest join them,
     and the candidates within ``NEAR_FASTEST`` of the fastest, timed together as deployed,
     compete the same way; from the winner, ``_knee`` moves on to a slightly slower plan while a
-    few percent of latency buys a much lower loss."""
+    few percent of latency buys a much lower loss (``unreachable="fastest"``: the fastest of
+    them as deployed wins instead)."""
     uni, ratio = _uniform_latency(analysis, evaluator, rank, constraint, goal, history)
     uni = (uni[0], evaluator.remeasure(uni[0]), uni[2])
     candidates = [chosen, uni]
@@ -923,6 +931,8 @@ def _pick_latency_candidate(analysis: Analysis, evaluator: Evaluator, rank: dict
                 log.debug("as deployed %s: latency %.4g (search %.4g), calibration loss %s", list(c[0].widths(analysis).values()),
                           t, c[1], evaluator.cached_loss(c[0]))
         fastest = min(speed.values())
+        if unreachable == "fastest":
+            return min(candidates, key=lambda c: speed[id(c)])
         pool = [c for c in candidates if speed[id(c)] <= fastest * NEAR_FASTEST]
         if evaluator.has_loss:
             best = min(pool, key=lambda c: evaluator.loss(c[0]))
