@@ -222,6 +222,39 @@ def test_recheck_keeps_the_answer_when_the_pool_cannot_be_timed(digits):
     assert recheck_latency(Evaluator(a, CostModel(a), oracle), answer, 0.35, GOAL) is None
 
 
+def test_recheck_latency_places_fast_path_plans_when_the_answer_was_only_timed_as_deployed(digits):
+    """A search's answer is often timed only with more runs and as deployed, never on the fast
+    path: the re-check still places the plans the search timed on its fast path, through the
+    median bias of the plans timed both ways, else a fast timing of the answer taken now (vit at
+    50 % re-checked the answer alone, 8 % under the goal)."""
+    model, a = digits
+    names = [g.name for g in a.prunable_groups]
+    answer, flat, fast_only = (plan_from_widths(a, dict(zip(names, w, strict=True)), None) for w in
+                               ((16, 8, 32, 48), (8, 24, 16, 40), (8, 8, 8, 8)))
+
+    def setup(deployed):
+        oracle = _StateOracle(a, {})
+        keys = [oracle._key(p) for p in (answer, flat, fast_only)]
+        oracle.table = {keys[0]: {"quiet": 0.40, "busy": 0.352}, keys[1]: {"quiet": 0.405, "busy": 0.398},
+                        keys[2]: {"quiet": 0.30, "busy": 0.30}}
+        oracle.deployed_ratios(deployed)
+        for p in (flat, fast_only):
+            oracle(p)  # the search's fast-path timings: never of the answer
+        oracle.state = "busy"
+        return oracle, keys
+
+    oracle, keys = setup([answer])
+    assert keys[0] not in oracle.cache
+    got, done = recheck_latency(Evaluator(a, CostModel(a), oracle), answer, 0.352, GOAL)
+    assert {r.widths for r in done.rows} == set(keys) and keys[0] in oracle.cache  # timed now
+    assert oracle._key(got) == keys[1]
+    # with a plan timed both ways, its bias places the others and the answer is not timed again
+    oracle, keys = setup([answer, flat])
+    got, done = recheck_latency(Evaluator(a, CostModel(a), oracle), answer, 0.352, GOAL)
+    assert {r.widths for r in done.rows} == set(keys) and keys[0] not in oracle.cache
+    assert next(r for r in done.rows if r.widths == keys[2]).estimate == pytest.approx(0.30)
+
+
 def test_recheck_latency_judges_plans_on_both_states_when_the_gap_is_known(digits):
     """The search saw the quiet state only and remembered a 10 % gap; the final check ran busy.
     The re-check's rounds are told apart from the search's by the original's ms, so each plan
