@@ -486,6 +486,33 @@ def test_settle_reaches_the_band_between_coarse_steps(digits):
     assert any(h.get("deployed") for h in history)
 
 
+@pytest.mark.parametrize("with_loss", [True, False])
+def test_settle_neighbours_in_a_small_space_shortlist_by_calibration_loss(digits, with_loss):
+    """Of the many plans predicted in the band (here every g2, g3 goes with g0 up and g1 down),
+    a small space with a calibration loss times the lowest-loss ones: the answer keeps a narrow
+    g3 that this loss prefers, where the most valuable (widest) ones would be shortlisted by
+    kept importance alone."""
+    from prunepass.select.strategies import SETTLE_BAND, _settle_neighbours
+
+    model, a, _ = digits
+    stub = _CoarseStub(a, 1.0)
+    widths = {"g0": 8, "g1": 16, "g2": 32, "g3": 32}
+    _, rank, options, plan, value = _settle_setup(a, stub, widths)
+
+    def loss(p):
+        w = p.widths(a)
+        return w["g3"] / 64 + 0.5 * (w["g0"] != 16)
+
+    ev = Evaluator(a, CostModel(a), stub, loss if with_loss else None)
+    got, deployed, _ = _settle_neighbours(a, ev, rank, options, (plan, stub(plan), value), stub(plan), 0.78, [])
+    w = got.widths(a)
+    assert abs(deployed / 0.78 - 1) <= SETTLE_BAND and (w["g0"], w["g1"]) == (16, 8)
+    if with_loss:
+        assert w["g3"] == 16 and loss(got) < loss(plan)  # two steps down: the furthest a pass moves a group
+    else:
+        assert w["g3"] >= widths["g3"]
+
+
 class _RampStub(_BiasedStub):
     """Latency of the digits CNN where only g2 counts, 0.05 per 8 channels: from g2 = 8 (0.2)
     the goal 0.4 lies four steps up, two more than one neighbour pass moves a group."""
