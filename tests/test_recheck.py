@@ -84,6 +84,22 @@ def test_pick_with_known_states_judges_both_states():
     assert not slow_when_busy.faster()
 
 
+def test_pick_does_not_trade_accuracy_for_an_answer_under_the_goal():
+    """When no plan holds the band in both states, the smallest worst miss wins, but an answer
+    that is not over the goal in either state breaks no ceiling: only plans of about its loss may
+    replace it (the digits CNN at batch 64 shipped a plan of six times the loss this way)."""
+    goal = 0.5
+    answer = RecheckRow((8, 24, 32, 24), 0.48, 0.47, 0.14, (0.429, 0.507))  # worst 14.2 %, under
+    lossy = RecheckRow((16, 16, 32, 8), 0.49, 0.52, 0.87, (0.507, 0.534))  # worst 6.8 %
+    accurate = RecheckRow((16, 16, 32, 48), 0.52, 0.53, 0.053, (0.494, 0.5595))  # worst 11.9 %
+    rows = [answer, lossy, accurate]
+    assert pick(rows, answer, goal, lambda r: r.loss) is accurate
+    assert pick(rows, answer, goal) is lossy  # without a loss: the smallest worst miss
+    # an answer over the goal: the ceiling comes first, whatever the loss
+    over = RecheckRow((8, 24, 40, 24), 0.55, 0.56, 0.1, (0.52, 0.58))
+    assert pick([over, lossy, accurate], over, goal, lambda r: r.loss) is lossy
+
+
 @pytest.fixture(scope="module")
 def digits():
     model, inputs = models.get("digits_cnn")
