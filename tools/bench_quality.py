@@ -771,7 +771,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, S
     p.add_argument("--batches", type=_csv, default=[str(b) for b in d.batches],
                    help="part a example-input batch sizes (default 1,64)")
     p.add_argument("--runs", type=int, default=d.runs, help="timed runs per round, final latency columns")
-    p.add_argument("--rounds", type=int, default=d.rounds, help="rounds of the final latency columns (each model timed in turn with the original)")
+    p.add_argument("--rounds", type=int, default=d.rounds,
+                   help="rounds of the final latency columns (each model timed in turn with the original)")
     p.add_argument("--bisect-runs", type=int, default=d.bisect_runs)
     p.add_argument("--bisect-rounds", type=int, default=d.bisect_rounds)
     p.add_argument("--bisect-steps", type=int, default=d.bisect_steps)
