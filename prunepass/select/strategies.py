@@ -615,8 +615,8 @@ def _settle_neighbours(analysis: Analysis, evaluator: Evaluator, rank: dict[str,
     small space with a calibration loss the lowest-loss ones) are timed as deployed together
     with the answer and the single steps measured in the band; when none is predicted that
     near, the ``NEIGHBOURS`` most valuable of the twice as many predicted closest to it (a step
-    toward the goal for the next pass of ``_settle_deployed``).  The best plan measured in the band (``_settle_band``: narrower when the machine's state moves
-    the plan's latency) wins: the lowest calibration loss when the evaluator has one, the most
+    toward the goal for the next pass of ``_settle_deployed``).  The best plan measured in the
+    band (``_settle_band``: narrower when the machine's state moves the plan's latency) wins: the lowest calibration loss when the evaluator has one, the most
     kept importance otherwise.  Otherwise the one closest to the goal wins, if it is closer
     than the answer and at most ``CLOSER_OVER`` over.  When the answer itself is within
     ``LATENCY_BAND`` of the goal (less the state swing), only plans at most ``LOSS_SLACK``
