@@ -599,29 +599,29 @@ def _halfway(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.ndarra
 def _settle_neighbours(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.ndarray],
                        options: dict[str, list[int]], chosen: tuple[Plan, float, float], deployed: float,
                        goal: float, history: list[dict[str, float]]) -> tuple[Plan, float, float]:
-    """The plans between the two that straddle the band: when one step of any group moves a
-    small network's latency by more than the band (16 -> 8 channels can be 30 % of a tiny CNN),
-    widening one group while narrowing another lands in between.
+    """The plans between the two that straddle the band: when one step of any group moves a small
+    network's latency by more than the band (16 -> 8 channels can be 30 % of a tiny CNN), widening
+    one group while narrowing another lands in between.
 
-    The ``NEIGHBOUR_GROUPS`` groups whose step moves the most FLOPs are each moved one step up
-    and one step down, and these plans are timed as deployed together with the answer (search
-    timings of single steps are too noisy, and biased plan by plan, to add up).  Plans that move
-    up to three groups by one or two steps each (say one group up and another down) are ranked
-    by the sum of their single-step changes (a second step counted as the first again), and as
-    many of those closest to the goal as ``NEIGHBOUR_SECONDS`` allow are timed on the search's
-    path and rescaled by the answer's deployed / search bias (latency does not add up on a
-    small network: a narrow first layer is memory-bound).  The ``NEIGHBOURS`` most valuable
-    ones predicted within ``LATENCY_BAND`` of the goal (those within the settle band first; in a
-    small space with a calibration loss the lowest-loss ones) are timed as deployed together
-    with the answer and the single steps measured in the band; when none is predicted that
-    near, the ``NEIGHBOURS`` most valuable of the twice as many predicted closest to it (a step
-    toward the goal for the next pass of ``_settle_deployed``).  The best plan measured in the
-    band (``_settle_band``: narrower when the machine's state moves the plan's latency) wins: the lowest calibration loss when the evaluator has one, the most
-    kept importance otherwise.  Otherwise the one closest to the goal wins, if it is closer
-    than the answer and at most ``CLOSER_OVER`` over.  When the answer itself is within
-    ``LATENCY_BAND`` of the goal (less the state swing), only plans at most ``LOSS_SLACK``
-    worse (calibration loss, or kept importance without one) may replace it, unless it is over
-    the goal by more than the settle band.  Returns ``(plan, deployed latency, value)``."""
+    The ``NEIGHBOUR_GROUPS`` groups whose step moves the most FLOPs are each moved one step up and
+    one step down, and these plans are timed as deployed together with the answer (search timings
+    of single steps are too noisy, and biased plan by plan, to add up).  Plans that move up to three
+    groups by one or two steps each (say one group up and another down) are ranked by the sum of
+    their single-step changes (a second step counted as the first again), and as many of those
+    closest to the goal as ``NEIGHBOUR_SECONDS`` allow are timed on the search's path and rescaled
+    by the answer's deployed / search bias (latency does not add up on a small network: a narrow
+    first layer is memory-bound).  The ``NEIGHBOURS`` most valuable ones predicted within
+    ``LATENCY_BAND`` of the goal (those within the settle band first; in a small space with a
+    calibration loss the lowest-loss ones) are timed as deployed together with the answer and the
+    single steps measured in the band; when none is predicted that near, the ``NEIGHBOURS`` most
+    valuable of the twice as many predicted closest to it (a step toward the goal for the next pass
+    of ``_settle_deployed``).  The best plan measured in the band (``_settle_band``: narrower when
+    the machine's state moves the plan's latency) wins: the lowest calibration loss when the
+    evaluator has one, the most kept importance otherwise.  Otherwise the one closest to the goal
+    wins, if it is closer than the answer and at most ``CLOSER_OVER`` over.  When the answer itself
+    is within ``LATENCY_BAND`` of the goal (less the state swing), only plans at most
+    ``LOSS_SLACK`` worse (calibration loss, or kept importance without one) may replace it, unless
+    it is over the goal by more than the settle band.  Returns ``(plan, deployed latency, value)``."""
     plan, _, value = chosen
     widths = {k: v for k, v in plan.widths(analysis).items() if k in options}
     cost = evaluator.cost
