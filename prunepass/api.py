@@ -34,6 +34,7 @@ from prunepass.select.constraints import ChannelConstraint, warn_unmatched_rules
 from prunepass.select.recheck import needs_recheck, recheck_latency
 from prunepass.select.states import StateMemory
 from prunepass.select.strategies import (
+    LATENCY_BAND,
     UNREACHABLE,
     SearchReport,
     evolutionary_plan,
@@ -42,7 +43,7 @@ from prunepass.select.strategies import (
     ranking_scores,
     target_plan,
 )
-from prunepass.select.targets import Evaluator, LatencyOracle, Target
+from prunepass.select.targets import BUSY_FACTOR, Evaluator, LatencyOracle, Target
 from prunepass.select.uniform import uniform_plan
 
 log = logging.getLogger(__name__)
@@ -171,6 +172,7 @@ def prune(model: nn.Module, example_inputs: Any, *, data: Iterable | None = None
                 result = _recheck(result, finish, evaluator, model, out_dir, threads, base_proto)
                 if oracle is not None:
                     _record_states(result, oracle, memory)
+                _check_band(result)
     finally:
         if bar is not None:
             bar.close()
@@ -279,7 +281,8 @@ def _emit_and_measure(result: PruneResult, original: nn.Module, out_dir: str | P
         lat["predicted_ms"] = s.achieved * scale
         lat["goal_ms"] = s.goal * scale
         achieved = lat["ratio"] / (s.goal / s.base) if relative else lat["pruned"]["median_ms"] / s.goal
-        lat["within_7pct"] = abs(achieved - 1.0) <= 0.07
+        lat["goal_offset"] = achieved - 1.0  # the final measurement's miss of the goal, as a fraction of it
+        lat["within_7pct"] = abs(achieved - 1.0) <= LATENCY_BAND
     result.report["latency"] = lat
     return base_proto
 
@@ -323,6 +326,31 @@ def _recheck(result: PruneResult, finish: Callable[[Plan], PruneResult], evaluat
     if out_dir is not None:
         _emit_and_measure(alt, original, out_dir, threads, False)
     return alt
+
+
+def _check_band(result: PruneResult) -> None:
+    """A latency target the search met but the final measurement of the shipped model puts more
+    than ``LATENCY_BAND`` off the goal is not passed over in silence: ``report["latency"]``
+    gets ``band_missed`` and a warning says by how much, and how loaded the machine was then
+    (a model's latency *ratio* moves with the host's load on a shared machine: the zoo's
+    convnext at 60 % measured 0.58 of the original at load 1.0 and 0.66 at load 2.4)."""
+    lat, s = result.report.get("latency") or {}, result.search
+    if s is None or not s.met or lat.get("within_7pct", True):
+        return
+    off = lat["goal_offset"]
+    lat["band_missed"] = True
+    if s.target.endswith("%"):
+        measured = f"{lat['ratio']:.3f} of the original's latency against a goal of {s.goal / s.base:.3f}"
+    else:
+        measured = f"{lat['pruned']['median_ms']:.3f} ms against a goal of {s.goal:.3f} ms"
+    quiet = (lat.get("states") or {}).get("quiet_ms")
+    load = lat["original"]["median_ms"] / quiet if quiet else None
+    busy = (f"; the original ran {load:.2f}x as slowly as in the run's quietest round, so the machine was busy"
+            if load is not None and load >= BUSY_FACTOR else "")
+    warnings.warn(f"{s.target}: the search met the goal, but the final measurement of the pruned model is "
+                  f"{measured}, {100 * off:+.1f} % off it (outside the +-{100 * LATENCY_BAND:.0f} % band){busy}. "
+                  "A latency ratio moves with this machine's load: time model.onnx again "
+                  "(prunepass latency) or prune again when the machine is quieter", stacklevel=3)
 
 
 def _record_states(result: PruneResult, oracle: LatencyOracle, memory: StateMemory | None) -> None:

@@ -248,6 +248,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if states:
         _emit(f"machine states: {state_sentence(states)}", None)
     status = "met" if rep["met"] else "NOT met (closest result kept)"
+    lat = rep.get("latency") or {}
+    if lat.get("band_missed"):
+        status = (f"met by the search, but the final measurement is {100 * lat['goal_offset']:+.1f} % off the goal "
+                  "(outside the +-7 % band: see the warning)")
     _emit(f"target {rep['target']}: {status}; strategy {rep['strategy']}; wrote {args.out}/ "
           "(model.onnx, plan.json, pruned_state_dict.pt, report.json, report.md)", None)
     return EXIT_OK

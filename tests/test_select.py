@@ -699,19 +699,26 @@ def test_an_unreachable_goal_can_ask_for_the_fastest_plan(digits):
     model, a, _ = digits
     stub = _FlatStub(a, 1.0)
 
+    scored = []
+
     def loss(plan):
         w = plan.widths(a)
+        scored.append(tuple(w.values()))
         return 1.0 / (w["g0"] * w["g1"] * min(w["g2"], w["g3"]))
 
     def run(unreachable):
-        return knapsack_plan(a, magnitude_scores(model, a), Target.parse("latency=50%"),
-                             Evaluator(a, CostModel(a), stub, loss), ChannelConstraint(step=8), unreachable=unreachable)
+        scored.clear()
+        got = knapsack_plan(a, magnitude_scores(model, a), Target.parse("latency=50%"),
+                            Evaluator(a, CostModel(a), stub, loss), ChannelConstraint(step=8), unreachable=unreachable)
+        return (*got, len(set(scored)))
 
-    fastest, rep = run("fastest")
-    knee, _ = run("knee")
+    fastest, rep, fastest_scored = run("fastest")
+    knee, _, knee_scored = run("knee")
     narrowest = strategies.plan_from_widths(a, {g.name: 8 for g in a.prunable_groups}, None)
     assert not rep.met and fastest.widths(a) == narrowest.widths(a)
     assert stub(knee) > stub(fastest) and loss(knee) < loss(fastest)
+    # the plans near the fastest are ranked by loss for the knee only: "fastest" skips that work
+    assert fastest_scored < knee_scored
     with pytest.raises(ValueError, match="unreachable must be one of"):
         run("closest")
     with pytest.raises(ValueError, match="option of the knapsack strategy"):

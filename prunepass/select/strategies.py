@@ -915,12 +915,14 @@ def _pick_latency_candidate(analysis: Analysis, evaluator: Evaluator, rank: dict
         fastest_plan = min(candidates, key=lambda c: c[1])
         floor, searched = fastest_plan[1], set()
         # (the small space is ranked by calibration loss: without one there is nothing to place)
-        fit = _width_latency_fit(analysis, evaluator, list(options)) if evaluator.has_loss else None
+        # (and "fastest" wants none of them: they are chosen for their loss, not their speed)
+        fit = (_width_latency_fit(analysis, evaluator, list(options))
+               if evaluator.has_loss and unreachable == "knee" else None)
         predict = None
         if fit is not None:
             at_floor = fit(fastest_plan[0].widths(analysis))
             predict = lambda w: floor + fit(w) - at_floor  # noqa: E731
-        for reach in (NEAR_FASTEST, NEAR_FASTEST ** 2):
+        for reach in (NEAR_FASTEST, NEAR_FASTEST ** 2) if unreachable == "knee" else ():
             known = {tuple(c[0].widths(analysis)[k] for k in options) for c in candidates}
             candidates += _small_space_candidates(analysis, evaluator, rank, options, floor * reach, points,
                                                   history, meta, window=(0.0, 1.0), confirm=False,
