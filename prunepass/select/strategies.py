@@ -748,8 +748,10 @@ def _step_latency(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.n
     (``widen``) or the least lost per predicted latency first, until the prediction reaches the
     goal (within ``FILL_MARGIN`` under it), then re-times the plan and goes on from the
     measurement.  With a calibration loss and a small search space (at most ``SMALL_SPACE``
-    plans), a narrowing step is the least loss rise per FLOP removed among the
-    ``STEP_LOSS_CANDIDATES`` steps that lose the least importance per FLOP.  Not on large
+    plans), a narrowing goes to the lowest-loss plan no wider in any group that is predicted to
+    reach the goal (``_narrowed_by_loss``); when none is predicted near it, a step is the least
+    loss rise per FLOP removed among the ``STEP_LOSS_CANDIDATES`` steps that lose the least
+    importance per FLOP.  Not on large
     spaces: it is measured only on the digits CNN, and the one zoo run with it (resnet18 at
     50 %) ended 11 % over its goal, though resnet50 missed as far without it.
     Unlike ``_fill_latency`` (one timed step at a time, for the search's fine choices) this
@@ -772,7 +774,17 @@ def _step_latency(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.n
             break
         predicted, trial, trial_value = achieved, dict(widths), value
         moved: set[str] = set()
-        while (predicted < low) if widen else (predicted > low):
+        if not widen and by_loss:
+            # a small space: the lowest-loss plan no wider than this one predicted to reach the
+            # goal, over every such plan, not one step per group (the digits CNN at batch 64:
+            # 16,16,32,32, loss 0.05, ran 6 % over; one step each of the cheap groups could not
+            # cover that, so the steps took the first layer too: 8,16,24,32, loss 0.9)
+            narrowed = _narrowed_by_loss(analysis, evaluator, rank, options, widths, achieved, slope, low, meta)
+            if narrowed is not None:
+                trial, predicted = narrowed
+                trial_value = sum(kept_value(rank[k], w) for k, w in trial.items())
+                moved = set(options)  # the greedy steps below are skipped
+        while ((predicted < low) if widen else (predicted > low)) and len(moved) < len(options):
             flops_now = float(cost.flops(trial))
             moves, over = [], []
             for name, opts in options.items():
@@ -825,6 +837,30 @@ def _step_latency(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.n
             return trial_plan, measured, trial_value
         widths, plan, achieved, value = trial, trial_plan, measured, trial_value
     return plan, achieved, value
+
+
+def _narrowed_by_loss(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.ndarray],
+                      options: dict[str, list[int]], widths: dict[str, int], latency: float, slope: float,
+                      low: float, meta: dict[str, Any]) -> tuple[dict[str, int], float] | None:
+    """Of the plans no wider than ``widths`` in any group whose latency, predicted from this
+    plan's ``latency`` and ``slope`` (per FLOP), lies between ``SMALL_SPACE_WINDOW[0]`` times
+    ``low`` and ``low``: the one with the lowest calibration loss (among equal losses the most
+    FLOPs), with its predicted latency; None when none is predicted there.  For small spaces
+    (``_is_small_space``): each plan in the window costs a calibration-loss evaluation."""
+    cost = evaluator.cost
+    names = list(options)
+    flops_now = float(cost.flops(widths))
+    best: tuple[float, float, dict[str, int], float] | None = None
+    for combo in itertools.product(*([o for o in options[n] if o <= widths[n]] for n in names)):
+        w = dict(zip(names, combo, strict=True))
+        flops = float(cost.flops(w))
+        predicted = latency - slope * (flops_now - flops)
+        if not SMALL_SPACE_WINDOW[0] * low <= predicted <= low:
+            continue
+        key = (evaluator.loss(plan_from_widths(analysis, w, rank, **meta)), -flops)
+        if best is None or key < best[:2]:
+            best = (*key, w, predicted)
+    return None if best is None else (best[2], best[3])
 
 
 def _uniform_at(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.ndarray],
