@@ -607,13 +607,18 @@ def test_settle_narrowing_is_guided_by_the_calibration_loss(digits, with_loss):
         assert got.widths(a)["g0"] < 16
 
 
-def test_settle_narrowing_in_a_small_space_takes_the_lowest_loss_plan_that_reaches_the_goal(digits):
+@pytest.mark.parametrize("timed", [True, False])
+def test_settle_narrowing_in_a_small_space_takes_the_lowest_loss_plan_that_reaches_the_goal(digits, monkeypatch,
+                                                                                             timed):
     """An answer 6 % over its goal that one step of each cheap group cannot bring down: step by
     step, the narrowing had to cut a group the network cannot spare (the digits CNN at batch 64:
     16,16,32,32, loss 0.05, narrowed to 8,16,24,32, loss 0.9); over the whole small space it
-    narrows the cheap group by two steps instead."""
+    narrows the cheap group by two steps instead: the lowest-loss plan timed under the goal, or
+    (``timed=False``: none was) the lowest-loss narrower plan its FLOPs predict there."""
     import prunepass.select.strategies as strategies
 
+    if not timed:
+        monkeypatch.setattr(strategies, "_small_space_candidates", lambda *args, **kw: [])
     model, a, _ = digits
     stub = _StubLatency(a)
     start = {"g0": 16, "g1": 16, "g2": 32, "g3": 32}

@@ -748,8 +748,9 @@ def _step_latency(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.n
     (``widen``) or the least lost per predicted latency first, until the prediction reaches the
     goal (within ``FILL_MARGIN`` under it), then re-times the plan and goes on from the
     measurement.  With a calibration loss and a small search space (at most ``SMALL_SPACE``
-    plans), a narrowing goes to the lowest-loss plan no wider in any group that is predicted to
-    reach the goal (``_narrowed_by_loss``); when none is predicted near it, a step is the least
+    plans), a narrowing goes to the lowest-loss plan of the space timed under the goal
+    (``_small_space_candidates``), else to the lowest-loss plan no wider in any group that is
+    predicted to reach it (``_narrowed_by_loss``); when none is predicted near it, a step is the least
     loss rise per FLOP removed among the ``STEP_LOSS_CANDIDATES`` steps that lose the least
     importance per FLOP.  Not on large
     spaces: it is measured only on the digits CNN, and the one zoo run with it (resnet18 at
@@ -775,10 +776,13 @@ def _step_latency(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.n
         predicted, trial, trial_value = achieved, dict(widths), value
         moved: set[str] = set()
         if not widen and by_loss:
-            # a small space: the lowest-loss plan no wider than this one predicted to reach the
-            # goal, over every such plan, not one step per group (the digits CNN at batch 64:
-            # 16,16,32,32, loss 0.05, ran 6 % over; one step each of the cheap groups could not
-            # cover that, so the steps took the first layer too: 8,16,24,32, loss 0.9)
+            # a small space: the lowest-loss plan timed under the goal, over the whole space, not
+            # one step per group (the digits CNN at batch 64: 16,16,32,32, loss 0.05, ran 6 % over;
+            # one step each of the cheap groups could not cover that, so the steps took the first
+            # layer too: 8,16,24,32, loss 0.9); else the lowest-loss narrower plan predicted there
+            fits = _small_space_candidates(analysis, evaluator, rank, options, goal, points, history, meta)
+            if fits:
+                return min(fits, key=lambda c: (evaluator.loss(c[0]), -c[1]))
             narrowed = _narrowed_by_loss(analysis, evaluator, rank, options, widths, achieved, slope, low, meta)
             if narrowed is not None:
                 trial, predicted = narrowed
