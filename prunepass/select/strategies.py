@@ -363,7 +363,9 @@ def knapsack_plan(analysis: Analysis, scores: Scores, target: Target, evaluator:
             # (over it: no plan reached the goal, and the answer was judged as deployed among the
             # plans about as fast as the fastest; settling toward the goal would undo that choice)
             chosen = _settle_deployed(analysis, evaluator, rank, options, chosen, goal, points, history, stages)
-        chosen = (chosen[0], _time_again_if_over(evaluator, chosen[0], chosen[1], goal), chosen[2])
+            chosen = _settle_again_if_over(analysis, evaluator, rank, options, chosen, goal, points, history, stages)
+        else:
+            chosen = (chosen[0], _time_again_if_over(evaluator, chosen[0], chosen[1], goal), chosen[2])
         _stage(stages, "deployed", analysis, evaluator, chosen)
     plan, achieved, _ = chosen
     predicted = history[-1].get("predicted") if history else None
@@ -381,6 +383,26 @@ def _time_again_if_over(evaluator: Evaluator, plan: Plan, achieved: float, goal:
         return achieved
     timed = evaluator.deployed([plan])
     return achieved if timed is None else timed[0]
+
+
+def _settle_again_if_over(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.ndarray],
+                          options: dict[str, list[int]], chosen: tuple[Plan, float, float], goal: float,
+                          points: list[tuple[float, float]], history: list[dict[str, float]],
+                          stages: list[dict[str, Any]] | None = None) -> tuple[Plan, float, float]:
+    """A settled answer whose deployed estimate is still over the goal's slack
+    (``LATENCY_BAND``) after it was timed once more (``_time_again_if_over``) is settled once
+    more from that estimate before the target is declared missed: a busy spell that starts
+    during the settle step can make its one narrowing time slower than the answer (the moved and
+    the old plan are timed together, but a few rounds each) and leave the answer where it was,
+    then lift its estimate past the slack (convnext at 50 %: settled at +2 %, then +11 % on the
+    later rounds, declared missed at 0.59 of the original).  Returns the answer with its
+    deployed estimate."""
+    again = _time_again_if_over(evaluator, chosen[0], chosen[1], goal)
+    chosen = (chosen[0], again, chosen[2])
+    if again <= goal * (1 + LATENCY_BAND):
+        return chosen
+    log.info("the answer's deployed estimate is %.1f %% over the goal: settling it once more", 100 * (again / goal - 1))
+    return _settle_deployed(analysis, evaluator, rank, options, chosen, goal, points, history, stages)
 
 
 def _confirm_latency(evaluator: Evaluator, tried: list, goal: float, tolerance: float,
