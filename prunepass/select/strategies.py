@@ -772,11 +772,11 @@ def _step_latency(analysis: Analysis, evaluator: Evaluator, rank: dict[str, np.n
     measurement.  With a calibration loss and a small search space (at most ``SMALL_SPACE``
     plans), a narrowing goes to the lowest-loss plan of the space timed under the goal
     (``_small_space_candidates``), else to the lowest-loss plan no wider in any group that is
-    predicted to reach it (``_narrowed_by_loss``); when none is predicted near it, a step is the least
-    loss rise per FLOP removed among the ``STEP_LOSS_CANDIDATES`` steps that lose the least
-    importance per FLOP.  Not on large
-    spaces: it is measured only on the digits CNN, and the one zoo run with it (resnet18 at
-    50 %) ended 11 % over its goal, though resnet50 missed as far without it.
+    predicted to reach it (``_narrowed_by_loss``); when none is predicted near it, a step is
+    the least loss rise per FLOP removed among the ``STEP_LOSS_CANDIDATES`` steps that lose the
+    least importance per FLOP.  Not on large spaces: it is measured only on the digits CNN, and
+    the one zoo run with it (resnet18 at 50 %) ended 11 % over its goal, though resnet50 missed
+    as far without it.
     Unlike ``_fill_latency`` (one timed step at a time, for the search's fine choices) this
     covers a gap of 10-20 % in a handful of timings.  Returns the last timed plan;
     widening stops at the first one timed over the goal and returns the widening before it, or
