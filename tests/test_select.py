@@ -800,6 +800,39 @@ def test_an_unreachable_goal_stops_at_the_knee(digits):
     assert strategies._knee(a, flat, candidates, speed, start, limit) is start
 
 
+def test_the_knee_crosses_a_gap_among_the_plans_timed_near_the_fastest(digits):
+    """The plans near the fastest are a handful timed as deployed: when none lies within
+    KNEE_STEP of the answer, a slower one that pays for its latency (KNEE_GAIN per KNEE_STEP,
+    compounded) is still taken; one that does not pay for its distance is not (the digits CNN at
+    batch 1: the nearest plan 8 % slower with 85 % less loss, and the walk stopped at 24 % raw
+    accuracy)."""
+    import prunepass.select.strategies as strategies
+
+    model, a, _ = digits
+    _, rank, _, _, _ = _settle_setup(a, _StubLatency(a), {g.name: 8 for g in a.prunable_groups})
+    table = {  # (g1, g2): (latency as deployed, calibration loss)
+        (8, 8): (1.00, 2.0),  # the fastest and the start
+        (8, 16): (1.09, 1.6),  # 20 % less loss for 9 % more latency: does not pay (needs 30 %)
+        (16, 8): (1.12, 0.4),  # 80 % less for 12 %: the steepest move, though more than a step away
+        (16, 16): (1.135, 0.38),  # 5 % less than that for 1.3 % more: not worth a further move
+    }
+    plans = {k: strategies.plan_from_widths(a, {"g0": 8, "g1": k[0], "g2": k[1], "g3": 8}, rank) for k in table}
+    ev = Evaluator(a, CostModel(a), _StubLatency(a), lambda plan: table[(plan.widths(a)["g1"], plan.widths(a)["g2"])][1])
+    candidates = [(plans[k], 0.0, 0.0) for k in table]
+    speed = {id(c): table[k][0] for c, k in zip(candidates, table, strict=True)}
+    limit = 1.0 * strategies.NEAR_FASTEST ** 2
+    got = strategies._knee(a, ev, candidates, speed, candidates[0], limit)
+    assert (got[0].widths(a)["g1"], got[0].widths(a)["g2"]) == (16, 8)
+    # without the good plan, the one that does not pay for its latency (20 % less for 9 % more: it needs 30 %) is left alone
+    assert strategies._knee(a, ev, candidates[:2], speed, candidates[0], limit) is candidates[0]
+    # the steepest move first: (16, 16) has the lower loss, (16, 8) the better rate, and from
+    # (16, 8) a further 5 % less loss is not worth a move
+    rate = strategies._knee_rate
+    assert rate(2.0, 0.4, 1.0, 1.12) > rate(2.0, 0.38, 1.0, 1.135) > rate(2.0, 1.6, 1.0, 1.09)
+    assert rate(2.0, 1.5, 1.0, 1.07) == pytest.approx(rate(1.5, 1.125, 1.07, 1.07 ** 2))  # compounded
+    assert rate(2.0, 1.0, 1.0, 0.99) == float("inf") and rate(2.0, 0.0, 1.0, 1.1) > 100
+
+
 class _WidthStub(_FlatStub):
     """The digits CNN at batch 1 where only g0's width costs time (the others are free): latency
     is far from a line in FLOPs.  Records every timing in ``cache`` by widths, as the oracle does."""
