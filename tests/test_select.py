@@ -16,7 +16,14 @@ from prunepass.costs import CostModel
 from prunepass.importance import Calibrator, calibrate, finetune_bn, magnitude_scores
 from prunepass.plan import Plan
 from prunepass.select.constraints import ChannelConstraint, allowed_widths
-from prunepass.select.strategies import evolutionary_plan, global_plan, knapsack_plan, target_plan
+from prunepass.select.strategies import (
+    evolutionary_plan,
+    global_plan,
+    knapsack_plan,
+    plan_from_widths,
+    ranking_scores,
+    target_plan,
+)
 from prunepass.select.targets import Evaluator, Target
 from prunepass.select.uniform import uniform_plan
 
@@ -96,6 +103,47 @@ def test_taylor_acc_uses_the_gradient_of_the_summed_loss(digits):
         expected += wg.sum(dim=[d for d in range(wg.dim()) if d != mb.axis]).numpy()
     np.testing.assert_allclose(acc["g0"], expected, rtol=1e-4)
     assert (per_batch["g0"] >= acc["g0"] - 1e-9).all() and not np.allclose(per_batch["g0"], acc["g0"])
+
+
+def test_taylor_gathers_taylor_acc_in_the_same_pass(digits):
+    """calibrate(alternatives=True) with taylor also returns taylor_acc's scores, equal to a run
+    of its own, and leaves the model as it was; other criteria gather no alternative."""
+    model, a, data = digits
+    both = calibrate(model, a, data, ce, alternatives=True)
+    alone = calibrate(model, a, data, ce, criterion="taylor_acc")
+    plain = calibrate(model, a, data, ce)
+    assert set(both.alternatives) == {"taylor_acc"} and not plain.alternatives
+    for k in plain.per_group:
+        np.testing.assert_allclose(both[k], plain[k], rtol=1e-6)
+        np.testing.assert_allclose(both.alternatives["taylor_acc"][k], alone[k], rtol=1e-6)
+    assert not calibrate(model, a, data, ce, criterion="fisher", alternatives=True).alternatives
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_the_final_widths_keep_the_channels_of_the_lower_loss_criterion(digits):
+    """Same widths, two channel choices (taylor and taylor_acc): the one of lower calibration
+    loss is kept (own criterion on a tie), and the report says which; prune() does it too."""
+    from prunepass.api import lower_loss_channels, prune
+
+    model, a, data = digits
+    scores = calibrate(model, a, data, ce, alternatives=True)
+    widths = {g.name: g.size // 2 for g in a.prunable_groups}
+    own = plan_from_widths(a, widths, ranking_scores(scores))
+    other = plan_from_widths(a, widths, ranking_scores(scores.alternatives["taylor_acc"]))
+    assert own.keep != other.keep  # the two criteria disagree on this model
+    for favour in ("taylor", "taylor_acc", None):
+        def loss(plan, favour=favour):
+            return 1.0 if favour is None or (plan.keep == own.keep) == (favour == "taylor") else 2.0
+
+        got = lower_loss_channels(a, own, scores, Evaluator(a, CostModel(a), None, loss))
+        assert got.widths(a) == own.widths(a)
+        assert got.keep == (other.keep if favour == "taylor_acc" else own.keep)
+        assert got.meta["channels"]["criterion"] == (favour or "taylor")
+    # no loss, nothing to compare
+    assert lower_loss_channels(a, own, scores, Evaluator(a, CostModel(a))) is own
+    r = prune(model, (torch.randn(1, 1, 8, 8),), data=data, loss_fn=ce, target="flops=50%", measure=False)
+    losses = r.report["channels"]["losses"]
+    assert set(losses) == {"taylor", "taylor_acc"} and r.report["channels"]["criterion"] == min(losses, key=losses.get)
 
 
 def test_taylor_finds_dead_channels(digits):
