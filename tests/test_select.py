@@ -938,6 +938,62 @@ def test_an_unreachable_goal_finds_plans_near_the_fastest_by_their_widths(digits
     assert stub(got[0]) <= fastest * strategies.NEAR_FASTEST and loss(got[0]) == best
 
 
+class _LuckyDrawStub(_WidthStub):
+    """``_WidthStub`` where g1 costs time too, past 16 channels, and every short timing of the
+    narrowest plan comes out ``luck`` times its true latency (the fastest of many single draws
+    at batch 1); longer timings (``measure`` with ``runs``) and deployed timings are true."""
+
+    def __init__(self, a, luck: float, g1_cost: float) -> None:
+        super().__init__(a, 1.0)
+        self.luck, self.g1_cost = luck, g1_cost
+
+    def true(self, plan):
+        w = plan.widths(self.analysis)
+        return super().__call__(plan) + self.g1_cost * max(w["g1"] - 16, 0) / 16
+
+    def __call__(self, plan):
+        w = plan.widths(self.analysis)
+        narrowest = all(w[g.name] == 8 for g in self.analysis.prunable_groups)
+        return self.true(plan) * (self.luck if narrowest else 1.0)
+
+    def measure(self, plan, runs=None):
+        return self.true(plan) if runs else self(plan)
+
+    def deployed_ratios(self, plans):
+        return [self.true(p) / self.true(Plan.from_keep(self.analysis, {})) for p in plans]
+
+
+@pytest.mark.parametrize("luck", [0.9, 1.0])
+def test_an_unreachable_goal_reaches_the_knee_past_a_lucky_draw(digits, luck):
+    """The plans near the fastest are sought from a longer timing of the fastest plan, not from
+    its luckiest single draw: here the most accurate plan the knee may take (g1 at 32, 9 %
+    slower than the fastest, 44 % less loss than at 24) was shut out by a draw 10 % low (the
+    digits CNN at batch 1: 0.0192 against 0.0215 for the same plan timed again)."""
+    import prunepass.select.strategies as strategies
+
+    model, a, _ = digits
+    stub = _LuckyDrawStub(a, luck, 0.08)
+    names = [g.name for g in a.prunable_groups]
+    size = {g.name: g.size for g in a.prunable_groups}
+
+    def loss(plan):
+        w = plan.widths(a)
+        return 1.0 / (w["g1"] ** 2 * min(w["g2"], w["g3"]))
+
+    floor = {n: 8 for n in names}
+    _, rank, options, plan, value = _settle_setup(a, stub, floor)
+    ev = Evaluator(a, CostModel(a), stub, loss)
+    full = strategies.plan_from_widths(a, size, rank)
+    for p in [plan, full] + [strategies.plan_from_widths(a, {**floor, n: size[n]}, rank) for n in names]:
+        stub(p)
+    points = [(float(ev.cost.flops()), stub(full)), (float(ev.cost.flops(floor)), stub(plan))]
+    got = strategies._pick_latency_candidate(a, ev, rank, options, ChannelConstraint(step=8),
+                                             (plan, stub(plan), value), 0.5, 0.03, points, [])
+    fastest = stub.true(plan)
+    assert got[0].widths(a)["g1"] == 32 and loss(got[0]) == 1.0 / (32 ** 2 * 64)
+    assert stub.true(got[0]) <= fastest * strategies.NEAR_FASTEST ** 2
+
+
 def test_small_space_is_ranked_whole_by_calibration_loss(digits, monkeypatch):
     """A search space of a few hundred plans is ranked whole by calibration loss (among the
     plans whose FLOPs put them near the goal); the lowest-loss plans under the goal are timed
