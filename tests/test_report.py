@@ -24,3 +24,18 @@ def test_report_plots_with_retimed_answer(tmp_path):
     rows = {r[0]: r for r in summary_rows(report)}
     assert rows["FLOPs"][3] == "0.400" and rows["accuracy after fine-tune"][2] == "0.9800"
     assert "target 0.600 ms" in text
+
+
+def test_report_names_the_other_criterion_when_its_channels_were_kept(tmp_path):
+    report = {
+        "target": "flops=50%", "strategy": "knapsack", "criterion": "taylor", "met": True, "message": "",
+        "flops": {"original": 1000, "pruned": 500}, "params": {"original": 100, "pruned": 60},
+        "groups": [{"name": "g0", "size": 16, "kept": 8, "tags": [], "modules": ["conv1"]}], "search": None,
+        "channels": {"criterion": "taylor_acc", "losses": {"taylor": 0.45, "taylor_acc": 0.43}},
+    }
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    text = write_markdown(report, tmp_path / "a").read_text()
+    assert "- channels: those of taylor_acc for the chosen widths (calibration loss taylor 0.45, taylor_acc 0.43)" in text
+    report["channels"] = {"criterion": "taylor", "losses": {"taylor": 0.4, "taylor_acc": 0.43}}
+    assert "- channels:" not in write_markdown(report, tmp_path / "b").read_text()
