@@ -893,6 +893,24 @@ class _WidthStub(_FlatStub):
         return latency
 
 
+def _timed_on_the_way(a, stub, loss):
+    """The narrowest plan (8 channels a group) and what a search has timed on its way to it: the
+    original and each group alone widened.  Returns ``(rank, options, plan, value, evaluator,
+    points)``."""
+    import prunepass.select.strategies as strategies
+
+    names = [g.name for g in a.prunable_groups]
+    size = {g.name: g.size for g in a.prunable_groups}
+    floor = {n: 8 for n in names}
+    _, rank, options, plan, value = _settle_setup(a, stub, floor)
+    ev = Evaluator(a, CostModel(a), stub, loss)
+    full = strategies.plan_from_widths(a, size, rank)
+    for p in [plan, full] + [strategies.plan_from_widths(a, {**floor, n: size[n]}, rank) for n in names]:
+        stub(p)
+    points = [(float(ev.cost.flops()), stub(full)), (float(ev.cost.flops(floor)), stub(plan))]
+    return rank, options, plan, value, ev, points
+
+
 def test_an_unreachable_goal_finds_plans_near_the_fastest_by_their_widths(digits):
     """Which plans of a small space are about as fast as the fastest is told by a latency fit on
     the widths of the plans timed so far, not by a line in FLOPs: here only g0 costs time, so
@@ -903,23 +921,17 @@ def test_an_unreachable_goal_finds_plans_near_the_fastest_by_their_widths(digits
 
     model, a, _ = digits
     stub = _WidthStub(a, 1.0)
-    names = [g.name for g in a.prunable_groups]
-    size = {g.name: g.size for g in a.prunable_groups}
 
     def loss(plan):
         w = plan.widths(a)
         return 1.0 / (w["g1"] * min(w["g2"], w["g3"]))
 
+    rank, options, plan, value, ev, points = _timed_on_the_way(a, stub, loss)
+    names = [g.name for g in a.prunable_groups]
+    size = {g.name: g.size for g in a.prunable_groups}
     floor = {n: 8 for n in names}
-    _, rank, options, plan, value = _settle_setup(a, stub, floor)
-    ev = Evaluator(a, CostModel(a), stub, loss)
-    full = strategies.plan_from_widths(a, size, rank)
-    # the search has timed these on its way (the fastest, the original, each group alone widened)
-    for p in [plan, full] + [strategies.plan_from_widths(a, {**floor, n: size[n]}, rank) for n in names]:
-        stub(p)
     fit = strategies._width_latency_fit(a, ev, names)
     assert fit is not None and abs(fit({**floor, "g1": size["g1"]}) - stub(plan)) < 0.01  # g1 is free
-    points = [(float(ev.cost.flops()), stub(full)), (float(ev.cost.flops(floor)), stub(plan))]
     every = [strategies.plan_from_widths(a, dict(zip(options, c, strict=True)), rank)
              for c in itertools.product(*options.values())]
     fastest = min(stub(p) for p in every)
@@ -973,20 +985,12 @@ def test_an_unreachable_goal_reaches_the_knee_past_a_lucky_draw(digits, luck):
 
     model, a, _ = digits
     stub = _LuckyDrawStub(a, luck, 0.08)
-    names = [g.name for g in a.prunable_groups]
-    size = {g.name: g.size for g in a.prunable_groups}
 
     def loss(plan):
         w = plan.widths(a)
         return 1.0 / (w["g1"] ** 2 * min(w["g2"], w["g3"]))
 
-    floor = {n: 8 for n in names}
-    _, rank, options, plan, value = _settle_setup(a, stub, floor)
-    ev = Evaluator(a, CostModel(a), stub, loss)
-    full = strategies.plan_from_widths(a, size, rank)
-    for p in [plan, full] + [strategies.plan_from_widths(a, {**floor, n: size[n]}, rank) for n in names]:
-        stub(p)
-    points = [(float(ev.cost.flops()), stub(full)), (float(ev.cost.flops(floor)), stub(plan))]
+    rank, options, plan, value, ev, points = _timed_on_the_way(a, stub, loss)
     got = strategies._pick_latency_candidate(a, ev, rank, options, ChannelConstraint(step=8),
                                              (plan, stub(plan), value), 0.5, 0.03, points, [])
     fastest = stub.true(plan)
