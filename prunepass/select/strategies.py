@@ -42,10 +42,11 @@ STEP_LOSS_CANDIDATES = 4  # narrowing steps of the settle step compared by calib
 NEAR_FASTEST = 1 + LATENCY_BAND
 # from that answer, the slower plan (timed as deployed in the same rounds) that buys the most
 # calibration loss per latency is taken instead, if its loss is at least KNEE_GAIN lower and it
-# buys KNEE_GAIN per KNEE_STEP of latency, and so on, up to NEAR_FASTEST squared of the fastest: where a few percent of latency buys a much more
-# accurate network, "as fast" stops at the knee, not at a fixed line through the noise (the digits CNN at batch 1:
-# 8,16,8,48 at 1.06x the fastest, loss 1.56 and 46 % raw test accuracy; 8,16,32,32 at 1.11x,
-# loss 0.64; 8,24,16,48 at 1.12x, loss 0.51 and 85 %)
+# buys KNEE_GAIN per KNEE_STEP of latency, and so on, up to NEAR_FASTEST squared of the fastest:
+# where a few percent of latency buys a much more accurate network, "as fast" stops at the knee,
+# not at a fixed line through the noise (the digits CNN at batch 1: 8,16,8,48 at 1.06x the
+# fastest, loss 1.56 and 46 % raw test accuracy; 8,16,32,32 at 1.11x, loss 0.64; 8,24,16,48 at
+# 1.12x, loss 0.51 and 85 %)
 KNEE_STEP = LATENCY_BAND
 KNEE_GAIN = 0.25
 KNEE_WINDOW = 1.1  # plans predicted this far past the knee's limit are ranked by loss and timed too
@@ -981,12 +982,11 @@ def _pick_latency_candidate(analysis: Analysis, evaluator: Evaluator, rank: dict
         # (and "fastest" wants none of them: they are chosen for their loss, not their speed)
         fit = (_width_latency_fit(analysis, evaluator, list(options))
                if evaluator.has_loss and unreachable == "knee" else None)
+        predict = None
         if fit is not None:
             # the fastest of many single draws is a lucky one (the digits CNN at batch 1: 0.0192
             # against 0.0215 for that plan again): the reaches start from a longer timing of it
             floor = max(floor, evaluator.remeasure(fastest_plan[0]))
-        predict = None
-        if fit is not None:
             at_floor = fit(fastest_plan[0].widths(analysis))
             predict = lambda w: floor + fit(w) - at_floor  # noqa: E731
         # (the last reach ranks the plans the fit puts up to KNEE_WINDOW beyond the knee's limit:
