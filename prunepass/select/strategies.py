@@ -42,14 +42,19 @@ STEP_LOSS_CANDIDATES = 4  # narrowing steps of the settle step compared by calib
 NEAR_FASTEST = 1 + LATENCY_BAND
 # from that answer, the slower plan (timed as deployed in the same rounds) that buys the most
 # calibration loss per latency is taken instead, if its loss is at least KNEE_GAIN lower and it
-# buys KNEE_GAIN per KNEE_STEP of latency, and so on, up to NEAR_FASTEST squared of the fastest:
+# buys KNEE_GAIN per KNEE_STEP of latency, and so on, up to KNEE_LIMIT of the fastest:
 # where a few percent of latency buys a much more accurate network, "as fast" stops at the knee,
 # not at a fixed line through the noise (the digits CNN at batch 1: 8,16,8,48 at 1.06x the
 # fastest, loss 1.56 and 46 % raw test accuracy; 8,16,32,32 at 1.11x, loss 0.64; 8,24,16,48 at
 # 1.12x, loss 0.51 and 85 %)
 KNEE_STEP = LATENCY_BAND
 KNEE_GAIN = 0.25
-KNEE_WINDOW = 1.1  # plans predicted this far past the knee's limit are ranked by loss and timed too
+KNEE_REACH = NEAR_FASTEST ** 2  # plans the latency fit puts this close to the fastest are ranked by loss
+KNEE_WINDOW = 1.1  # and those it puts this far past that reach are ranked and timed too
+# the walk may take any plan so gathered (as deployed, up to the last reach): the digits CNN at
+# batch 1 stopped at 8,16,32,40 (loss 0.45, 89 % raw) with 8,24,32,32 timed 6 % slower (1.19x
+# the fastest) at a third of its loss (95 %); the rate rule, not the limit, stops the walk
+KNEE_LIMIT = KNEE_REACH * KNEE_WINDOW
 UNREACHABLE = ("knee", "fastest")  # what an out-of-reach latency goal gets (``knapsack_plan``)
 LOSS_SLACK = 0.05  # a finalist in the latency band may cost this much more calibration loss
 FILL_STEPS = 16  # the fill step widens a group by at least 1/16 of its size at a time
@@ -992,7 +997,7 @@ def _pick_latency_candidate(analysis: Analysis, evaluator: Evaluator, rank: dict
         # (the last reach ranks the plans the fit puts up to KNEE_WINDOW beyond the knee's limit:
         # at batch 1 the fit is a line through noise, and the most accurate plans of the knee's
         # range sat just past its prediction; their own timing admits them, their loss orders them)
-        for reach, beyond in ((NEAR_FASTEST, 1.0), (NEAR_FASTEST ** 2, 1.0), (NEAR_FASTEST ** 2, KNEE_WINDOW)
+        for reach, beyond in ((NEAR_FASTEST, 1.0), (KNEE_REACH, 1.0), (KNEE_REACH, KNEE_WINDOW)
                               ) if unreachable == "knee" else ():
             known = {tuple(c[0].widths(analysis)[k] for k in options) for c in candidates}
             candidates += _small_space_candidates(analysis, evaluator, rank, options, floor * reach, points,
@@ -1015,7 +1020,7 @@ def _pick_latency_candidate(analysis: Analysis, evaluator: Evaluator, rank: dict
         pool = [c for c in candidates if speed[id(c)] <= fastest * NEAR_FASTEST]
         if evaluator.has_loss:
             best = min(pool, key=lambda c: evaluator.loss(c[0]))
-            return _knee(analysis, evaluator, candidates, speed, best, fastest * NEAR_FASTEST ** 2)
+            return _knee(analysis, evaluator, candidates, speed, best, fastest * KNEE_LIMIT)
     # a latency target is a promise both ways: prefer finalists within 7 % under the goal (with a
     # calibration loss: unless that costs more than LOSS_SLACK of the best finalist's loss)
     in_band = [c for c in pool if goal * (1 - LATENCY_BAND) <= c[1] <= goal]
