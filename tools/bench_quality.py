@@ -19,7 +19,9 @@ ours in the final table is better on the quality column.  A variant with no mode
 cannot offer anything at this latency.  When the best such Torch-Pruning model is more than 5 %
 *faster* than ours, prunepass prunes again with that model's measured latency (+5 %, the same
 tolerance the other way) as its target (row ``prunepass @local latency``), so the comparison is
-made at Torch-Pruning's latency too (``--no-reverse`` turns this off).
+made at Torch-Pruning's latency too (``--no-reverse`` turns this off).  "Reaches" means our
+measured latency ratio is at most the goal's plus 7 % (the band issue 4 sets for a hit target,
+the one ``bench_latency_targets.py`` judges).
 
 Part ``a``: the zoo ``digits_cnn`` trained on scikit-learn's ``load_digits`` (pixels / 16, 70/30
 split), pruned to 50 % of the original latency for each ``--batches`` size (the ONNX model has
@@ -91,6 +93,7 @@ from prunepass.select.constraints import ChannelConstraint
 NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "torch.fx", "torch._dynamo", "onnxscript",
                  "onnx_ir", "prunepass", "transformers")
 LATENCY_MATCH_TOLERANCE = 0.05  # |TP latency / ours - 1| accepted as "the same latency" in the goals
+TARGET_BAND = 0.07  # a latency target is hit within +-7 % of it (issue 4's band, as in bench_latency_targets)
 PAIR_SECONDS = 0.5  # each model's turn with the original in the final table lasts about this long
 BISECT_ACCEPT = 1.02  # a TP candidate "matches" when its paired latency ratio to ours is at most this
 
@@ -732,7 +735,7 @@ def goals(configs: Sequence[Config]) -> list[Goal]:
             goal = ours.goal or c.info.get("latency_goal")
             if ours.latency_ratio is not None and goal is not None:
                 out.append(Goal(f"part {c.part} [{c.name}] {ours.method} reaches latency <= {goal:g} x original "
-                                f"(measured, 5% slack)", ours.latency_ratio <= goal * (1 + LATENCY_MATCH_TOLERANCE),
+                                f"(measured, {TARGET_BAND:.0%} band)", ours.latency_ratio <= goal * (1 + TARGET_BAND),
                                 f"measured ratio {ours.latency_ratio:.3f}"))
     return out
 
