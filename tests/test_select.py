@@ -1149,9 +1149,9 @@ def test_a_neighbour_nearer_the_goal_does_not_cost_far_more_loss_than_one_in_the
     """An answer out of the band (9 % under) moves into it, but not to the plan nearest the goal
     when that costs far more calibration loss (SETTLE_LOSS_SLACK) than another plan within
     LATENCY_BAND: the one g3 step wider (6.6 % under, the answer's loss) wins over the plans in
-    the settle band (six times the loss).  (The digits CNN at batch 64 and 40 %: 8,16,32,24 at
-    -7.2 % moved to 16,8,16,24 at -3.9 % with three times its loss.)  Within the settle band
-    at the same loss, the nearer plan still wins."""
+    the settle band (six times the loss).  (The digits CNN at batch 64 and 40 %: 8,16,32,40 at
+    -3.2 % moved to 16,8,24,40 at +3 % with twice its loss.)  At the same loss everywhere, the
+    plan in the settle band still wins."""
     from prunepass.select.strategies import LATENCY_BAND, SETTLE_LOSS_SLACK, _settle_neighbours
 
     model, a, _ = digits
