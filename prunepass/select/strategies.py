@@ -1015,9 +1015,10 @@ def _pick_latency_candidate(analysis: Analysis, evaluator: Evaluator, rank: dict
             floor = max(floor, evaluator.remeasure(fastest_plan[0]))
             at_floor = fit(fastest_plan[0].widths(analysis))
             predict = lambda w: floor + fit(w) - at_floor  # noqa: E731
-        # (the last reach ranks the plans the fit puts up to KNEE_WINDOW beyond the knee's limit:
-        # at batch 1 the fit is a line through noise, and the most accurate plans of the knee's
-        # range sat just past its prediction; their own timing admits them, their loss orders them)
+        # (the last reach ranks the plans the fit puts up to KNEE_WINDOW beyond KNEE_REACH, the
+        # knee's limit: at batch 1 the fit is a line through noise, and the most accurate plans of
+        # the knee's range sat just past its prediction; their own timing admits them, their loss
+        # orders them)
         for reach, beyond in ((NEAR_FASTEST, 1.0), (KNEE_REACH, 1.0), (KNEE_REACH, KNEE_WINDOW)
                               ) if unreachable == "knee" else ():
             known = {tuple(c[0].widths(analysis)[k] for k in options) for c in candidates}
