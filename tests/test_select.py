@@ -748,6 +748,43 @@ def test_infeasible_latency_target_returns_the_most_accurate_as_fast_plan(digits
         assert loss(got[0]) <= (1 - strategies.KNEE_GAIN) * best
 
 
+class _BarelyFasterStub(_FlatStub):
+    """The digits CNN at batch 1 on a machine where even the narrowest network runs at 0.84 of
+    the original: ``KNEE_LIMIT`` times the fastest lies past the unpruned model."""
+
+    def __call__(self, plan):
+        return 0.84 + 0.16 * self.cost.flops(plan.widths(self.analysis)) / self.cost.flops()
+
+
+def test_the_knee_keeps_most_of_the_speed_up_when_the_fastest_is_barely_faster(digits):
+    """The knee's walk stops ``KNEE_SHARE`` of the way from the fastest plan to the original:
+    where the narrowest network is barely faster than the original, every step toward the
+    unpruned model pays in calibration loss, and the walk (limited only by ``KNEE_LIMIT`` times
+    the fastest, 1.06 of the original here) ended on the unpruned model itself."""
+    import prunepass.select.strategies as strategies
+
+    model, a, _ = digits
+    stub = _BarelyFasterStub(a, 1.0)
+
+    def loss(plan):
+        w = plan.widths(a)
+        return 1.0 / (w["g0"] * w["g1"] * min(w["g2"], w["g3"]))
+
+    floor = {g.name: 8 for g in a.prunable_groups}
+    _, rank, options, plan, value = _settle_setup(a, stub, floor)
+    ev = Evaluator(a, CostModel(a), stub, loss)
+    full = strategies.plan_from_widths(a, {g.name: g.size for g in a.prunable_groups}, rank)
+    fastest = stub(plan)
+    assert fastest * strategies.KNEE_LIMIT > stub(full) == 1.0  # the old limit admitted the original
+    points = [(float(ev.cost.flops()), stub(full)), (float(ev.cost.flops(floor)), fastest)]
+    got = strategies._pick_latency_candidate(a, ev, rank, options, ChannelConstraint(step=8),
+                                             (plan, fastest, value), 0.5, 0.03, points, [])
+    assert stub(got[0]) <= fastest + strategies.KNEE_SHARE * (1.0 - fastest) < 0.95
+    assert loss(got[0]) < loss(plan) / 4  # still far more accurate than the narrowest network
+    assert strategies._knee_limit(0.6, 1.0) == pytest.approx(0.6 * strategies.KNEE_LIMIT)  # a fast floor: the usual limit
+    assert strategies._knee_limit(1.1, 1.0) == 1.1  # nothing faster than the original: no walk past the fastest
+
+
 def test_an_unreachable_goal_is_not_settled_toward_the_goal(digits):
     """The knapsack's answer to a goal no plan reaches is the candidates' pick, judged as deployed
     among the plans about as fast as the fastest: the settle step, which moves an answer toward

@@ -55,6 +55,11 @@ KNEE_WINDOW = 1.1  # and those it puts this far past that reach are ranked and t
 # batch 1 stopped at 8,16,32,40 (loss 0.45, 89 % raw) with 8,24,32,32 timed 6 % slower (1.19x
 # the fastest) at a third of its loss (95 %); the rate rule, not the limit, stops the walk
 KNEE_LIMIT = KNEE_REACH * KNEE_WINDOW
+# and the walk keeps at least this share of the speed-up the fastest plan has over the original:
+# where even the narrowest network is barely faster than the original (the digits CNN at batch 1
+# on an AVX-512 machine: 8,8,8,8 at 0.84 of it), KNEE_LIMIT of the fastest reaches past the
+# original, and the walk ended on the unpruned model (a "pruned" answer at 0.997)
+KNEE_SHARE = 0.5
 UNREACHABLE = ("knee", "fastest")  # what an out-of-reach latency goal gets (``knapsack_plan``)
 LOSS_SLACK = 0.05  # a finalist in the latency band may cost this much more calibration loss
 # the settle step's neighbours: a plan nearer the goal may cost this much more calibration loss
@@ -1042,7 +1047,8 @@ def _pick_latency_candidate(analysis: Analysis, evaluator: Evaluator, rank: dict
         pool = [c for c in candidates if speed[id(c)] <= fastest * NEAR_FASTEST]
         if evaluator.has_loss:
             best = min(pool, key=lambda c: evaluator.loss(c[0]))
-            return _knee(analysis, evaluator, candidates, speed, best, fastest * KNEE_LIMIT)
+            return _knee(analysis, evaluator, candidates, speed, best,
+                         _knee_limit(fastest, evaluator.base("latency")))
     # a latency target is a promise both ways: prefer finalists within 7 % under the goal (with a
     # calibration loss: unless that costs more than LOSS_SLACK of the best finalist's loss)
     in_band = [c for c in pool if goal * (1 - LATENCY_BAND) <= c[1] <= goal]
@@ -1095,6 +1101,13 @@ def _knee(analysis: Analysis, evaluator: Evaluator, candidates: list[tuple[Plan,
                  list(step[0].widths(analysis).values()), 100 * (speed[id(step)] / at - 1),
                  list(current[0].widths(analysis).values()), 100 * (loss - evaluator.loss(step[0])) / max(abs(loss), 1e-12))
         current = step
+
+
+def _knee_limit(fastest: float, original: float) -> float:
+    """How slow a plan the knee's walk may take: ``KNEE_LIMIT`` times the ``fastest`` plan's
+    latency, and no further than ``KNEE_SHARE`` of the way from it to the ``original``'s (the
+    walk keeps the larger part of the speed-up; none where no plan is faster than the original)."""
+    return min(fastest * KNEE_LIMIT, fastest + KNEE_SHARE * max(original - fastest, 0.0))
 
 
 def _knee_rate(loss: float, new_loss: float, latency: float, new_latency: float) -> float:
