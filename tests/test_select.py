@@ -1458,7 +1458,10 @@ def test_deployed_ratios_time_full_exports_against_the_original(digits):
     original's; the unpruned plan measures ~1, a heavily pruned one less, sessions are reused."""
     from prunepass.select.targets import REF_SESSIONS, LatencyOracle
 
-    model, a, s = digits
+    model, _, _ = digits
+    # batch 64: at batch 1 per-operator overhead leaves even a 90 % prune at 0.91 of the original
+    # on some CPUs (an AVX-512 Xeon), too close to tell from noise
+    a = analyze(model, (torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(0)),))
     oracle = LatencyOracle(a, runs=20, warmup=2)
     heavy = uniform_plan(a, 0.9, constraint=ChannelConstraint(step=8))
     same, small = oracle.deployed_ratios([Plan.from_keep(a, {}), heavy], rounds=3)
@@ -1473,6 +1476,7 @@ def test_deployed_ratios_time_full_exports_against_the_original(digits):
     assert len(oracle.deployed_rounds[oracle._key(heavy)]) == 4
     ev = Evaluator(a, CostModel(a), oracle)
     (value,) = ev.deployed([heavy])  # on the search's scale: a fraction of base("latency")
+    assert value / ev.base("latency") == pytest.approx(oracle.deployed_estimate(heavy))
     assert 0 < value / ev.base("latency") < 0.9 * same
 
 
