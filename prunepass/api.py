@@ -49,8 +49,7 @@ from prunepass.select.uniform import uniform_plan
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("auto", "uniform", "global", "target", "knapsack", "optimal")
-LATENCY_STEP = 8  # channel multiple of latency targets where the CPU has no AVX-512 (see latency_step)
-AVX512_LATENCY_STEP = 16
+LATENCY_STEP = 8  # channel multiple of latency targets (see latency_step)
 PLAN_LOSS_BATCHES = 4  # calibration batches a search may use to compare its finalists by loss
 FINAL_ROUNDS = 6  # interleaved rounds of the final original-vs-pruned timing
 FINAL_PAIRS = 3  # fresh (original, pruned) session pairs the rounds are shared between
@@ -71,31 +70,15 @@ class PruneResult:
 
 
 def latency_step() -> int:
-    """The channel multiple latency targets use by default: onnxruntime's NCHWc convolution
-    kernels block channels by 16 on CPUs with AVX-512 and by 8 on AVX2, and a width between two
-    blocks runs about as slowly as the next one up (on an AVX-512 Xeon resnet18 with every group
-    at 8 channels timed 0.636 of the original, at 16 0.582).  ``PRUNEPASS_LATENCY_STEP`` overrides."""
+    """The channel multiple latency targets use when no step is given: 8, onnxruntime's NCHWc
+    channel block on AVX2, or ``PRUNEPASS_LATENCY_STEP``.  On an AVX-512 CPU (block 16) a step of
+    16 kept 1.2-3.5x the FLOPs at 60 % of the zoo's latency, but put convnext's floor at 0.56 of
+    its latency, where step 8 came within 7 % of 0.50 (nineteenth session's logs): an option, not the
+    default."""
     import os
 
     forced = os.environ.get("PRUNEPASS_LATENCY_STEP")
-    if forced:
-        return max(1, int(forced))
-    return AVX512_LATENCY_STEP if _has_avx512f() else LATENCY_STEP
-
-
-def _has_avx512f() -> bool:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return "avx512f" in line.split()
-    except OSError:
-        pass
-    try:  # other systems: numpy's view of the CPU
-        from numpy._core._multiarray_umath import __cpu_features__
-    except ImportError:
-        return False
-    return bool(__cpu_features__.get("AVX512F"))
+    return max(1, int(forced)) if forced else LATENCY_STEP
 
 
 def select_plan(analysis: Analysis, scores: Scores, target: Target, *, strategy: str = "auto",
@@ -116,8 +99,7 @@ def select_plan(analysis: Analysis, scores: Scores, target: Target, *, strategy:
     warn_unmatched_rules(analysis.prunable_groups, constraint, stacklevel=3)
     if target.metric == "latency" and (constraint is None or constraint.step is None):
         # odd channel counts run slower than round ones in onnxruntime's CPU kernels (a pruned
-        # network can end up slower than the original): latency targets use multiples of the
-        # kernels' channel block (8, or 16 with AVX-512)
+        # network can end up slower than the original): latency targets use multiples of 8
         constraint = dataclasses.replace(constraint or ChannelConstraint(), step=latency_step())
     if target.metric == "ratio":
         if strategy in ("auto", "uniform"):

@@ -1480,10 +1480,10 @@ def test_deployed_ratios_time_full_exports_against_the_original(digits):
     assert 0 < value / ev.base("latency") < 0.9 * same
 
 
-def test_latency_targets_round_widths_to_the_cpus_channel_block(digits, monkeypatch):
-    """A latency target without a step of its own rounds widths to onnxruntime's NCHWc channel
-    block: 16 on a CPU with AVX-512, 8 otherwise; ``PRUNEPASS_LATENCY_STEP`` overrides; a step the
-    user gives is kept."""
+def test_latency_targets_round_widths_to_the_latency_step(digits, monkeypatch):
+    """A latency target without a step of its own rounds widths to multiples of 8;
+    ``PRUNEPASS_LATENCY_STEP`` changes that (16 suits AVX-512's channel block); a step the user
+    gives is kept."""
     import prunepass.api as api
 
     model, a, _ = digits
@@ -1503,16 +1503,12 @@ def test_latency_targets_round_widths_to_the_cpus_channel_block(digits, monkeypa
                             evaluator=Evaluator(a, CostModel(a), _StubLatency(a)))
         return seen[-1].step
 
-    assert api.latency_step() == (16 if api._has_avx512f() else 8)  # this machine, as detected
-    monkeypatch.setattr(api, "_has_avx512f", lambda: True)
-    assert api.latency_step() == 16 and step_used() == 16
+    assert api.latency_step() == 8 and step_used() == 8
+    assert step_used(ChannelConstraint(step=4, absolute_min=4)) == 4  # the user's step stands
+    monkeypatch.setenv("PRUNEPASS_LATENCY_STEP", "16")
+    assert step_used() == 16
     g1 = next(g for g in a.prunable_groups if g.name == "g1")
     assert allowed_widths(g1, seen[-1]) == [16, 32]
-    monkeypatch.setattr(api, "_has_avx512f", lambda: False)
-    assert step_used() == 8
-    assert step_used(ChannelConstraint(step=4, absolute_min=4)) == 4  # the user's step stands
-    monkeypatch.setenv("PRUNEPASS_LATENCY_STEP", "32")
-    assert step_used() == 32
 
 
 def test_head_count_groups_ignore_the_channel_step():
