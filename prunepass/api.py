@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import os
 import statistics
 import time
 import warnings
@@ -75,10 +76,12 @@ def latency_step() -> int:
     16 kept 1.2-3.5x the FLOPs at 60 % of the zoo's latency, but put convnext's floor at 0.56 of
     its latency, where step 8 came within 7 % of 0.50 (nineteenth session's logs): an option, not the
     default."""
-    import os
-
-    forced = os.environ.get("PRUNEPASS_LATENCY_STEP")
-    return max(1, int(forced)) if forced else LATENCY_STEP
+    forced = os.environ.get("PRUNEPASS_LATENCY_STEP", "").strip()
+    if not forced:
+        return LATENCY_STEP
+    if not forced.isdigit() or int(forced) < 1:
+        raise ValueError(f"PRUNEPASS_LATENCY_STEP must be a positive whole number of channels, got {forced!r}")
+    return int(forced)
 
 
 def select_plan(analysis: Analysis, scores: Scores, target: Target, *, strategy: str = "auto",
@@ -100,6 +103,7 @@ def select_plan(analysis: Analysis, scores: Scores, target: Target, *, strategy:
     if target.metric == "latency" and (constraint is None or constraint.step is None):
         # odd channel counts run slower than round ones in onnxruntime's CPU kernels (a pruned
         # network can end up slower than the original): latency targets use multiples of 8
+        # (latency_step: PRUNEPASS_LATENCY_STEP sets another)
         constraint = dataclasses.replace(constraint or ChannelConstraint(), step=latency_step())
     if target.metric == "ratio":
         if strategy in ("auto", "uniform"):

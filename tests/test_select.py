@@ -1509,6 +1509,9 @@ def test_latency_targets_round_widths_to_the_latency_step(digits, monkeypatch):
     assert step_used() == 16
     g1 = next(g for g in a.prunable_groups if g.name == "g1")
     assert allowed_widths(g1, seen[-1]) == [16, 32]
+    monkeypatch.setenv("PRUNEPASS_LATENCY_STEP", "sixteen")
+    with pytest.raises(ValueError, match="PRUNEPASS_LATENCY_STEP must be a positive whole number"):
+        api.latency_step()
 
 
 def test_head_count_groups_ignore_the_channel_step():
