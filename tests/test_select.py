@@ -710,6 +710,22 @@ class _SlowLongTimingsStub(_FlatStub):
         return self(plan) * (self.noise if runs and not narrowest else 1.0)
 
 
+def _pick_from_the_narrowest(a, stub, loss):
+    """``_pick_latency_candidate`` for a goal of 0.5 from the narrowest plan (every group at 8),
+    the unpruned and narrowest plans' timings as the latency fit's points.  Returns the pick, the
+    narrowest plan, the ranking and the width options."""
+    import prunepass.select.strategies as strategies
+
+    floor = {g.name: 8 for g in a.prunable_groups}
+    _, rank, options, plan, value = _settle_setup(a, stub, floor)
+    ev = Evaluator(a, CostModel(a), stub, loss)
+    full = strategies.plan_from_widths(a, {g.name: g.size for g in a.prunable_groups}, rank)
+    points = [(float(ev.cost.flops()), stub(full)), (float(ev.cost.flops(floor)), stub(plan))]
+    got = strategies._pick_latency_candidate(a, ev, rank, options, ChannelConstraint(step=8),
+                                             (plan, stub(plan), value), 0.5, 0.03, points, [])
+    return got, plan, rank, options
+
+
 @pytest.mark.parametrize("noise", [1.0, 1.2])
 def test_infeasible_latency_target_returns_the_most_accurate_as_fast_plan(digits, noise):
     """When no plan reaches the goal, the small space's lowest-loss plans about as fast as the
@@ -729,13 +745,7 @@ def test_infeasible_latency_target_returns_the_most_accurate_as_fast_plan(digits
         w = plan.widths(a)
         return 1.0 / (w["g0"] * w["g1"] * min(w["g2"], w["g3"]))
 
-    floor = {g.name: 8 for g in a.prunable_groups}
-    _, rank, options, plan, value = _settle_setup(a, stub, floor)
-    ev = Evaluator(a, CostModel(a), stub, loss)
-    full = strategies.plan_from_widths(a, {g.name: g.size for g in a.prunable_groups}, rank)
-    points = [(float(ev.cost.flops()), stub(full)), (float(ev.cost.flops(floor)), stub(plan))]
-    got = strategies._pick_latency_candidate(a, ev, rank, options, ChannelConstraint(step=8),
-                                             (plan, stub(plan), value), 0.5, 0.03, points, [])
+    got, plan, rank, options = _pick_from_the_narrowest(a, stub, loss)
     every = [strategies.plan_from_widths(a, dict(zip(options, c, strict=True)), rank)
              for c in itertools.product(*options.values())]
     fastest = min(stub(p) for p in every)
@@ -770,15 +780,10 @@ def test_the_knee_keeps_most_of_the_speed_up_when_the_fastest_is_barely_faster(d
         w = plan.widths(a)
         return 1.0 / (w["g0"] * w["g1"] * min(w["g2"], w["g3"]))
 
-    floor = {g.name: 8 for g in a.prunable_groups}
-    _, rank, options, plan, value = _settle_setup(a, stub, floor)
-    ev = Evaluator(a, CostModel(a), stub, loss)
+    got, plan, rank, _ = _pick_from_the_narrowest(a, stub, loss)
     full = strategies.plan_from_widths(a, {g.name: g.size for g in a.prunable_groups}, rank)
     fastest = stub(plan)
     assert fastest * strategies.KNEE_LIMIT > stub(full) == 1.0  # the old limit admitted the original
-    points = [(float(ev.cost.flops()), stub(full)), (float(ev.cost.flops(floor)), fastest)]
-    got = strategies._pick_latency_candidate(a, ev, rank, options, ChannelConstraint(step=8),
-                                             (plan, fastest, value), 0.5, 0.03, points, [])
     assert stub(got[0]) <= fastest + strategies.KNEE_SHARE * (1.0 - fastest) < 0.95
     assert loss(got[0]) < loss(plan) / 4  # still far more accurate than the narrowest network
     assert strategies._knee_limit(0.6, 1.0) == pytest.approx(0.6 * strategies.KNEE_LIMIT)  # a fast floor: the usual limit
