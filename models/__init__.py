@@ -26,6 +26,7 @@ from . import (
     convnext,
     densenet,
     digits_cnn,
+    digits_resnet,
     efficientnet,
     gpt,
     llama,
@@ -181,6 +182,13 @@ _SPECS = [
         digits_cnn.example_inputs,
         "image",
         "Tiny CNN for 8x8 sklearn digits: conv-BN-ReLU, max-pool, flatten into MLP head",
+    ),
+    _spec(
+        "digits_resnet",
+        digits_resnet.build,
+        digits_resnet.example_inputs,
+        "image",
+        "Residual CNN for 8x8 sklearn digits: 3x3 stem, strided BasicBlocks, global avg pool, fc",
     ),
 ]
 

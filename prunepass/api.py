@@ -84,6 +84,15 @@ def latency_step() -> int:
     return int(forced)
 
 
+def latency_constraint(constraint: ChannelConstraint | None = None) -> ChannelConstraint:
+    """The channel constraint a latency target searches under: ``constraint`` with the
+    :func:`latency_step` when it sets no step of its own (odd channel counts run slower than round
+    ones in onnxruntime's CPU kernels: a pruned network can end up slower than the original)."""
+    if constraint is not None and constraint.step is not None:
+        return constraint
+    return dataclasses.replace(constraint or ChannelConstraint(), step=latency_step())
+
+
 def select_plan(analysis: Analysis, scores: Scores, target: Target, *, strategy: str = "auto",
                 constraint: ChannelConstraint | None = None, evaluator: Evaluator | None = None,
                 strict: bool = False, seed: int = 0, n_search_steps: int = 200,
@@ -100,11 +109,8 @@ def select_plan(analysis: Analysis, scores: Scores, target: Target, *, strategy:
                          "strategy returns the fastest plan it found when a goal is out of reach")
     evaluator = evaluator or Evaluator(analysis)
     warn_unmatched_rules(analysis.prunable_groups, constraint, stacklevel=3)
-    if target.metric == "latency" and (constraint is None or constraint.step is None):
-        # odd channel counts run slower than round ones in onnxruntime's CPU kernels (a pruned
-        # network can end up slower than the original): latency targets use multiples of 8
-        # (latency_step: PRUNEPASS_LATENCY_STEP sets another)
-        constraint = dataclasses.replace(constraint or ChannelConstraint(), step=latency_step())
+    if target.metric == "latency":
+        constraint = latency_constraint(constraint)
     if target.metric == "ratio":
         if strategy in ("auto", "uniform"):
             return uniform_plan(analysis, target.value, ranking_scores(scores), constraint), None
