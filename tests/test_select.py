@@ -210,25 +210,19 @@ def test_channel_rules_last_match_wins_and_inherit_the_step(resnet):
         ChannelConstraint(rules={"g1": ChannelConstraint(rules={"g2": None})})
 
 
-def test_narrowest_widths_follow_the_constraint_and_keep_whole_groups(resnet):
-    """The narrowest network a search may pick: each group at its smallest allowed width, a
-    group a rule keeps whole at its full size; the latency constraint adds the latency step."""
+def test_latency_constraint_adds_the_latency_step_unless_the_constraint_has_one(monkeypatch):
+    """The constraint a latency target searches under: the user's, with the latency step when it
+    sets no step of its own; its other fields and rules stay."""
     from prunepass.api import latency_constraint
-    from prunepass.select import narrowest_widths
 
-    _, a, _ = resnet
-    half = ChannelConstraint(relative_min=0.5)
-    c = ChannelConstraint(step=8, rules={"g0": None, "layer4.*": half})
-    widths = narrowest_widths(a.prunable_groups, c)
-    assert widths["g0"] == a.group("g0").size
-    for g in a.prunable_groups:
-        assert widths[g.name] == min(allowed_widths(g, c))
-        if g.name != "g0" and c.for_group(g).relative_min == 0:
-            assert widths[g.name] == min(8, g.size)
-    assert any(widths[g.name] == g.size // 2 for g in a.prunable_groups if g.size >= 128)
-    assert latency_constraint(ChannelConstraint(step=4)).step == 4  # a step of its own stands
-    lat = latency_constraint(half)
-    assert lat.step == 8 and lat.relative_min == 0.5
+    monkeypatch.delenv("PRUNEPASS_LATENCY_STEP", raising=False)
+    assert latency_constraint().step == 8 and latency_constraint(None) == ChannelConstraint(step=8)
+    assert latency_constraint(ChannelConstraint(step=4)) == ChannelConstraint(step=4)
+    rules = {"g0": None, "layer4.*": ChannelConstraint(relative_min=0.5)}
+    c = latency_constraint(ChannelConstraint(absolute_min=16, rules=rules))
+    assert c == ChannelConstraint(absolute_min=16, step=8, rules=rules)
+    monkeypatch.setenv("PRUNEPASS_LATENCY_STEP", "16")
+    assert latency_constraint().step == 16
 
 
 def test_channel_rules_matching_nothing_warn(resnet):

@@ -83,24 +83,22 @@ from typing import Any
 
 import numpy as np
 import torch
+from _floor import floor_models  # sibling helper (tools/ is on sys.path)
 from torch import nn
 from torch.nn import functional as nnf
 
 import models
-import prunepass
-from prunepass.api import PruneResult, latency_constraint, prune
+from prunepass.api import PruneResult, prune
 from prunepass.costs import count_flops, count_params
 from prunepass.importance import CRITERIA, finetune_bn
 from prunepass.onnx_backend import example_feeds, export_onnx, paired_latency, paired_rounds
-from prunepass.plan import Plan
-from prunepass.rewrite import apply_plan
-from prunepass.select.constraints import ChannelConstraint, narrowest_widths
+from prunepass.select.constraints import ChannelConstraint
 
 NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "torch.fx", "torch._dynamo", "onnxscript",
                  "onnx_ir", "prunepass", "transformers")
 LATENCY_MATCH_TOLERANCE = 0.05  # |TP latency / ours - 1| accepted as "the same latency" in the goals
 TARGET_BAND = 0.07  # a latency target is hit within +-7 % of it (issue 4's band, as in bench_latency_targets)
-NARROWEST = "narrowest allowed"  # the row timing the search space's floor (not judged)
+FLOOR = "floor: "  # rows timing the search space's floor networks (latency only, not judged)
 VERDICTS = {True: "PASS", False: "MISS", None: "OUT OF REACH"}  # a goal's line in the "goals" section
 PAIR_SECONDS = 0.5  # each model's turn with the original in the final table lasts about this long
 BISECT_ACCEPT = 1.02  # a TP candidate "matches" when its paired latency ratio to ours is at most this
@@ -167,7 +165,7 @@ class Config:
 @dataclass
 class Goal:
     name: str
-    passed: bool | None  # None: out of reach (even the narrowest network prunepass may pick is too slow)
+    passed: bool | None  # None: out of reach (even the fastest floor network of the search space is too slow)
     detail: str
 
 
@@ -327,10 +325,10 @@ def compare(case: Case, s: Settings) -> Config:
             model = built[row.method]
             describe(row, model, case)
     if info["latency_goal"] is not None:  # how fast the search space goes: is the goal in reach at all?
-        rows.append(Row(NARROWEST, notes=["latency only: every prunable group at its smallest width a latency "
-                                          "target allows; a goal more than 7 % under it is out of reach"]))
-        built[NARROWEST] = narrowest_model(case.model, case.args, case.prune_kwargs.get("constraint"))
-        rows[-1].notes.insert(0, widths_note(built[NARROWEST]))
+        for label, model in floor_models(case.model, case.args, case.prune_kwargs.get("constraint")).items():
+            rows.append(Row(FLOOR + label, notes=[widths_note(model), "latency only: a goal more than 7 % under "
+                                                  "the fastest floor network is out of reach"]))
+            built[rows[-1].method] = model
     measure_rows(rows, built, case.args, s)
     if s.reverse and info["latency_goal"] is not None:
         # Torch-Pruning's best model may be much faster than ours (its latencies jump with the
@@ -360,13 +358,6 @@ def compare(case: Case, s: Settings) -> Config:
         if ours is not None and row.latency_ms:
             row.lat_vs_ours = row.latency_ms / ours.latency_ms
     return Config(case.part, case.name, rows, info)
-
-
-def narrowest_model(model: nn.Module, args: tuple, constraint: ChannelConstraint | None) -> nn.Module:
-    """``model`` with every prunable group at the smallest width a latency target may give it."""
-    a = prunepass.analyze(model, args)
-    widths = narrowest_widths(a.prunable_groups, latency_constraint(constraint))
-    return apply_plan(model, a, Plan.from_widths(a, widths), inplace=False).eval()
 
 
 def describe(row: Row, model: nn.Module, case: Case) -> None:
@@ -762,10 +753,11 @@ def goals(configs: Sequence[Config]) -> list[Goal]:
             if ours.latency_ratio is not None and goal is not None:
                 reached = ours.latency_ratio <= goal * (1 + TARGET_BAND)
                 detail = f"measured ratio {ours.latency_ratio:.3f}"
-                floor = next((r.latency_ratio for r in c.rows if r.method == NARROWEST), None)
-                if floor is not None:
-                    detail += f"; the narrowest allowed network {floor:.3f}"
-                    if not reached and floor > goal * (1 + TARGET_BAND):
+                floors = [r for r in c.rows if r.method.startswith(FLOOR) and r.latency_ratio]
+                if floors:
+                    floor = min(floors, key=lambda r: r.latency_ratio)
+                    detail += f"; the fastest floor network ({floor.method[len(FLOOR):]}) {floor.latency_ratio:.3f}"
+                    if not reached and floor.latency_ratio > goal * (1 + TARGET_BAND):
                         reached = None
                 out.append(Goal(f"part {c.part} [{c.name}] {ours.method} reaches latency <= {goal:g} x original "
                                 f"(measured, {TARGET_BAND:.0%} band)", reached, detail))

@@ -123,12 +123,6 @@ def allowed_widths(group: Group, constraint: ChannelConstraint | None = None) ->
     return sorted(set(widths))
 
 
-def narrowest_widths(groups: list[Group], constraint: ChannelConstraint | None = None) -> dict[str, int]:
-    """Each group at its smallest allowed width: the narrowest network a search may pick (with
-    the step a latency target uses, the floor below which no latency goal can be reached)."""
-    return {g.name: allowed_widths(g, constraint)[0] for g in groups}
-
-
 def nearest_allowed(group: Group, width: float, constraint: ChannelConstraint | None = None) -> int:
     """The allowed width closest to ``width`` (ties towards the larger)."""
     options = allowed_widths(group, constraint)
