@@ -31,7 +31,7 @@ from prunepass.importance import (
 )
 from prunepass.plan import Plan
 from prunepass.rewrite import apply_plan
-from prunepass.select.constraints import ChannelConstraint, warn_unmatched_rules
+from prunepass.select.constraints import ChannelConstraint, uniform_widths, warn_unmatched_rules
 from prunepass.select.recheck import needs_recheck, recheck_latency
 from prunepass.select.states import StateMemory
 from prunepass.select.strategies import (
@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 STRATEGIES = ("auto", "uniform", "global", "target", "knapsack", "optimal")
 LATENCY_STEP = 8  # channel multiple of latency targets (see latency_step)
+PROBE_STEPS = (8, 16)  # the channel multiples probe_latency_step compares (fine, coarse)
+PROBE_MARGIN = 0.03  # the coarse step wins when its network runs at least this much faster
 PLAN_LOSS_BATCHES = 4  # calibration batches a search may use to compare its finalists by loss
 FINAL_ROUNDS = 6  # interleaved rounds of the final original-vs-pruned timing
 FINAL_PAIRS = 3  # fresh (original, pruned) session pairs the rounds are shared between
@@ -71,11 +73,8 @@ class PruneResult:
 
 
 def latency_step() -> int:
-    """The channel multiple latency targets use when no step is given: 8, onnxruntime's NCHWc
-    channel block on AVX2, or ``PRUNEPASS_LATENCY_STEP``.  On an AVX-512 CPU (block 16) a step of
-    16 kept 1.2-3.5x the FLOPs at 60 % of the zoo's latency, but put convnext's floor at 0.56 of
-    its latency, where step 8 came within 7 % of 0.50 (nineteenth session's logs): an option, not the
-    default."""
+    """The channel multiple latency targets use when neither a constraint nor the probe sets one:
+    ``PRUNEPASS_LATENCY_STEP``, else 8 (onnxruntime's NCHWc channel block on AVX2)."""
     forced = os.environ.get("PRUNEPASS_LATENCY_STEP", "").strip()
     if not forced:
         return LATENCY_STEP
@@ -84,13 +83,47 @@ def latency_step() -> int:
     return int(forced)
 
 
-def latency_constraint(constraint: ChannelConstraint | None = None) -> ChannelConstraint:
-    """The channel constraint a latency target searches under: ``constraint`` with the
-    :func:`latency_step` when it sets no step of its own (odd channel counts run slower than round
-    ones in onnxruntime's CPU kernels: a pruned network can end up slower than the original)."""
+def latency_constraint(constraint: ChannelConstraint | None = None, step: int | None = None) -> ChannelConstraint:
+    """The channel constraint a latency target searches under: ``constraint`` with ``step`` (by
+    default :func:`latency_step`) when it sets no step of its own (odd channel counts run slower
+    than round ones in onnxruntime's CPU kernels: a pruned network can end up slower than the
+    original)."""
     if constraint is not None and constraint.step is not None:
         return constraint
-    return dataclasses.replace(constraint or ChannelConstraint(), step=latency_step())
+    return dataclasses.replace(constraint or ChannelConstraint(), step=step or latency_step())
+
+
+def probe_latency_step(analysis: Analysis, evaluator: Evaluator,
+                       constraint: ChannelConstraint | None = None) -> dict[str, Any]:
+    """Which channel multiple a latency target should use on this machine, for this model.
+
+    onnxruntime's CPU kernels work on channels in blocks (NCHWc: 8 on AVX2, 16 on AVX-512); a
+    layer whose channels are not a whole number of blocks leaves that path, with layout
+    conversions around it.  So on an AVX-512 machine 8-channel groups can be slower than 16-channel
+    ones: the zoo's mobilenet_v2 with every group at 16 channels timed 0.40 of the original, at 8
+    0.54, and a step-8 search missed 50 % (+11.5 %) that step 16 reaches; resnet18 on the same
+    machine is faster at 8 (0.58 against 0.62).  Which holds is a fact of the model and the
+    machine, so it is measured: the networks with every channel group at 8 and at 16 channels are
+    timed as deployed, and 16 is the step when it runs at least ``PROBE_MARGIN`` faster (8 is
+    finer, so it wins ties).  A constraint's own step or ``PRUNEPASS_LATENCY_STEP`` skips the
+    probe.  Returns ``{"step", "source", "probe": {step: latency ratio}}``."""
+    if constraint is not None and constraint.step is not None:
+        return {"step": int(constraint.step), "source": "constraint"}
+    if os.environ.get("PRUNEPASS_LATENCY_STEP", "").strip():
+        return {"step": latency_step(), "source": "PRUNEPASS_LATENCY_STEP"}
+    groups = analysis.prunable_groups
+    widths = {k: uniform_widths(groups, latency_constraint(constraint, k), k) for k in PROBE_STEPS}
+    if len({tuple(w.values()) for w in widths.values()}) < len(PROBE_STEPS):
+        return {"step": LATENCY_STEP, "source": "default (the probe's networks are the same)"}
+    timed = evaluator.deployed([Plan.from_widths(analysis, w) for w in widths.values()])
+    if timed is None:
+        return {"step": LATENCY_STEP, "source": "default (no deployed timing)"}
+    probe = {k: t / evaluator.base("latency") for k, t in zip(PROBE_STEPS, timed, strict=True)}
+    fine, coarse = PROBE_STEPS
+    step = coarse if probe[coarse] < probe[fine] * (1 - PROBE_MARGIN) else fine
+    log.info("latency step %d: every channel group at %d channels timed %.3f of the original, at %d %.3f",
+             step, coarse, probe[coarse], fine, probe[fine])
+    return {"step": step, "source": "probe", "probe": probe}
 
 
 def select_plan(analysis: Analysis, scores: Scores, target: Target, *, strategy: str = "auto",
@@ -110,7 +143,20 @@ def select_plan(analysis: Analysis, scores: Scores, target: Target, *, strategy:
     evaluator = evaluator or Evaluator(analysis)
     warn_unmatched_rules(analysis.prunable_groups, constraint, stacklevel=3)
     if target.metric == "latency":
-        constraint = latency_constraint(constraint)
+        step = probe_latency_step(analysis, evaluator, constraint)
+        plan, search = _search(analysis, scores, target, strategy, latency_constraint(constraint, step["step"]),
+                               evaluator, strict, seed, n_search_steps, checkpoint, unreachable)
+        if search is not None:
+            search.latency_step = step
+        return plan, search
+    return _search(analysis, scores, target, strategy, constraint, evaluator, strict, seed, n_search_steps,
+                   checkpoint, unreachable)
+
+
+def _search(analysis: Analysis, scores: Scores, target: Target, strategy: str, constraint: ChannelConstraint | None,
+            evaluator: Evaluator, strict: bool, seed: int, n_search_steps: int, checkpoint: str | Path | None,
+            unreachable: str) -> tuple[Plan, SearchReport | None]:
+    """``select_plan``'s dispatch to the strategy, under the constraint it settled."""
     if target.metric == "ratio":
         if strategy in ("auto", "uniform"):
             return uniform_plan(analysis, target.value, ranking_scores(scores), constraint), None

@@ -98,6 +98,9 @@ def write_markdown(report: dict[str, Any], out: Path) -> Path:
         losses = channels.get("losses", {})
         lines.append(f"- channels: those of {channels['criterion']} for the chosen widths (calibration loss "
                      + ", ".join(f"{k} {v:.4g}" for k, v in losses.items()) + ")")
+    step = (report.get("search") or {}).get("latency_step")
+    if step:
+        lines.append(f"- widths in multiples of {step['step']} channels ({step_sentence(step)})")
     if report.get("message"):
         lines.append(f"- note: {report['message']}")
     if report.get("seconds") is not None:
@@ -128,6 +131,15 @@ def write_markdown(report: dict[str, Any], out: Path) -> Path:
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def step_sentence(step: dict[str, Any]) -> str:
+    """Where a latency target's channel step came from, in words."""
+    probe = step.get("probe")
+    if not probe:
+        return f"step from the {step['source']}"
+    return "probed: " + ", ".join(f"every channel group at {k} channels timed {v:.3f} of the original"
+                                  for k, v in sorted(probe.items(), key=lambda kv: -int(kv[0])))
 
 
 def state_sentence(states: dict[str, Any]) -> str:

@@ -39,3 +39,21 @@ def test_report_names_the_other_criterion_when_its_channels_were_kept(tmp_path):
     assert "- channels: those of taylor_acc for the chosen widths (calibration loss taylor 0.45, taylor_acc 0.43)" in text
     report["channels"] = {"criterion": "taylor", "losses": {"taylor": 0.4, "taylor_acc": 0.43}}
     assert "- channels:" not in write_markdown(report, tmp_path / "b").read_text()
+
+
+def test_report_says_where_the_latency_step_came_from(tmp_path):
+    report = {
+        "target": "latency=50%", "strategy": "knapsack", "criterion": "taylor", "met": True, "message": "",
+        "flops": {"original": 1000, "pruned": 300}, "params": {"original": 100, "pruned": 40},
+        "groups": [{"name": "g0", "size": 32, "kept": 16, "tags": [], "modules": ["conv1"]}],
+        "search": {"strategy": "knapsack", "target": "latency=50%", "base": 1.0, "goal": 0.5, "achieved": 0.5,
+                   "history": [{"value": 0.5, "score": 0.7}],
+                   "latency_step": {"step": 16, "source": "probe", "probe": {8: 0.538, 16: 0.405}}},
+    }
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    text = write_markdown(report, tmp_path / "a").read_text()
+    assert ("- widths in multiples of 16 channels (probed: every channel group at 16 channels timed 0.405 of the "
+            "original, every channel group at 8 channels timed 0.538 of the original)") in text
+    report["search"]["latency_step"] = {"step": 4, "source": "constraint"}
+    assert "- widths in multiples of 4 channels (step from the constraint)" in write_markdown(report, tmp_path / "b").read_text()

@@ -1534,6 +1534,46 @@ def test_latency_targets_round_widths_to_the_latency_step(digits, monkeypatch):
         api.latency_step()
 
 
+class _BlockStub(_BiasedStub):
+    """Deployed timings of a machine whose channel block is 16 (AVX-512's NCHWc): a group whose
+    width is not a multiple of 16 adds ``penalty`` of the original's time (layout conversions)."""
+
+    def __init__(self, a, penalty: float) -> None:
+        super().__init__(a, 1.0)
+        self.penalty = penalty
+
+    def __call__(self, plan):
+        widths = plan.widths(self.analysis)
+        return 0.2 + self.cost.flops(widths) / self.cost.flops() + self.penalty * sum(w % 16 != 0 for w in widths.values())
+
+
+@pytest.mark.parametrize("penalty,step", [(0.05, 16), (0.0, 8)])
+def test_latency_step_is_probed_on_the_deployed_model(resnet, monkeypatch, penalty, step):
+    """Without a step of its own a latency target times the networks with every channel group at
+    8 and at 16 channels as deployed and takes 16 only when it is clearly faster (8-wide groups
+    slow on this machine); the search's report says which and why, and the plan follows it."""
+    from prunepass.api import PROBE_MARGIN, probe_latency_step, select_plan
+
+    monkeypatch.delenv("PRUNEPASS_LATENCY_STEP", raising=False)
+    model, a, s = resnet
+    stub = _BlockStub(a, penalty)
+    ev = Evaluator(a, CostModel(a), stub)
+    found = probe_latency_step(a, ev)
+    assert found["step"] == step and found["source"] == "probe" and stub.deployed_calls == 1
+    assert (found["probe"][16] < found["probe"][8] * (1 - PROBE_MARGIN)) == (step == 16)
+    plan, rep = select_plan(a, s, Target.parse("latency=70%"), evaluator=ev)
+    assert rep.latency_step["step"] == step
+    assert all(w % step == 0 or w == a.group(n).size for n, w in plan.widths(a).items())
+    # a constraint's step or PRUNEPASS_LATENCY_STEP is not probed; a stand-in without deployed timing is not either
+    calls = stub.deployed_calls
+    assert probe_latency_step(a, ev, ChannelConstraint(step=4)) == {"step": 4, "source": "constraint"}
+    monkeypatch.setenv("PRUNEPASS_LATENCY_STEP", "32")
+    assert probe_latency_step(a, ev) == {"step": 32, "source": "PRUNEPASS_LATENCY_STEP"}
+    assert stub.deployed_calls == calls
+    monkeypatch.delenv("PRUNEPASS_LATENCY_STEP")
+    assert probe_latency_step(a, Evaluator(a, CostModel(a), _StubLatency(a)))["step"] == 8
+
+
 def test_head_count_groups_ignore_the_channel_step():
     """A latency target forces channel counts to multiples of 8; a head count is not a channel
     count (each head is head-size channels), so every head count stays allowed."""

@@ -35,7 +35,7 @@ from _floor import floor_models  # sibling helper (tools/ is on sys.path)
 import models
 from prunepass.api import prune
 from prunepass.data import builtin_calibration, first_of
-from prunepass.report import state_sentence
+from prunepass.report import state_sentence, step_sentence
 
 BAND = 0.07  # issue 4: an achieved latency within +-7 % of the target is a hit
 
@@ -167,6 +167,9 @@ def main() -> None:
                   + ", ".join(f"{','.join(map(str, r['widths']))} {r['estimate']:.3f}->{r['now']:.3f}"
                               for r in check["rows"])
                   + f"; second {check.get('second_ratio', float('nan')):.3f}, kept {check['kept']}", flush=True)
+        step = (row["report"].get("search") or {}).get("latency_step")
+        if step:  # the channel step and why (probed on this machine, or set)
+            print(f"{'':14s} latency step {step['step']}: {step_sentence(step)}", flush=True)
         if row["stages"]:  # which step of the search chose the shipped widths (latency / the search's base)
             base = row["report"]["search"]["base"]
             print(f"{'':14s} stages: " + "; ".join(

@@ -92,6 +92,7 @@ from prunepass.api import PruneResult, prune
 from prunepass.costs import count_flops, count_params
 from prunepass.importance import CRITERIA, finetune_bn
 from prunepass.onnx_backend import example_feeds, export_onnx, paired_latency, paired_rounds
+from prunepass.report import step_sentence
 from prunepass.select.constraints import ChannelConstraint
 
 NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "torch.fx", "torch._dynamo", "onnxscript",
@@ -619,6 +620,8 @@ def ours_notes(r: PruneResult) -> list[str]:
             + f" {st['latency'] / r.search.base:.3f}" for st in r.search.stages))
     if lat.get("recheck"):
         notes.append(f"re-check kept the {lat['recheck'].get('kept')}")
+    if r.search is not None and r.search.latency_step:
+        notes.append(f"latency step {r.search.latency_step['step']} ({step_sentence(r.search.latency_step)})")
     return notes
 
 

@@ -123,6 +123,18 @@ def allowed_widths(group: Group, constraint: ChannelConstraint | None = None) ->
     return sorted(set(widths))
 
 
+def uniform_widths(groups: list[Group], constraint: ChannelConstraint | None, channels: int) -> dict[str, int]:
+    """Every channel group at the smallest allowed width of at least ``channels`` (its full size
+    when it has fewer), every head-count group at its fewest heads: the uniform networks at the
+    floor of a search space, for probing which channel counts run fast."""
+    out = {}
+    for g in groups:
+        allowed = allowed_widths(g, constraint)
+        least = allowed[0] if "heads" in g.tags else min(channels, g.size)
+        out[g.name] = next(w for w in allowed if w >= least)
+    return out
+
+
 def nearest_allowed(group: Group, width: float, constraint: ChannelConstraint | None = None) -> int:
     """The allowed width closest to ``width`` (ties towards the larger)."""
     options = allowed_widths(group, constraint)

@@ -115,6 +115,8 @@ class SearchReport:
     # which step chose the widths that shipped (latency: the search's timing up to "candidates",
     # the deployed timing from the settle step on)
     stages: list[dict[str, Any]] = field(default_factory=list)
+    # a latency target's channel step and how it was chosen: {"step", "source", "probe": {step: ratio}}
+    latency_step: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
