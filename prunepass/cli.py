@@ -221,7 +221,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from prunepass.data import builtin_calibration, first_of
     from prunepass.errors import TargetNotMetError
     from prunepass.loading import load_model
-    from prunepass.report import state_sentence, summary_rows
+    from prunepass.report import state_sentence, step_sentence, summary_rows
     from prunepass.tables import grid
 
     model, inputs = load_model(args.model, args.input_shape)
@@ -247,6 +247,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     states = (rep.get("latency") or {}).get("states")
     if states:
         _emit(f"machine states: {state_sentence(states)}", None)
+    step = (rep.get("search") or {}).get("latency_step")
+    if step:
+        _emit(f"widths in multiples of {step['step']} channels ({step_sentence(step)})", None)
     status = "met" if rep["met"] else "NOT met (closest result kept)"
     lat = rep.get("latency") or {}
     if lat.get("band_missed"):

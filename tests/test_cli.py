@@ -116,3 +116,22 @@ def test_strict_unreachable_target_exit_code(capsys, tmp_path):
     code, _, err = run(capsys, "prune", "digits_cnn", "--target", "flops=1%", "--min-channels", "16", "--strict",
                        "--criterion", "magnitude", "--out", str(tmp_path / "o"))
     assert code == 4 and "target not met" in err
+
+
+def test_prune_prints_the_latency_step_and_why(capsys, monkeypatch, tmp_path):
+    """A latency target's channel step (probed or set) is printed and written to report.md."""
+    import prunepass.api as api
+    from prunepass.select.strategies import SearchReport
+
+    step = {"step": 16, "source": "probe", "probe": {8: 0.61, 16: 0.52}}
+    monkeypatch.setattr(api, "select_plan", lambda a, *args, **kw: (
+        Plan.from_keep(a, {}), SearchReport("knapsack", "latency=90%", 1.0, 0.9, 0.9, True, latency_step=step)))
+    monkeypatch.setenv("PRUNEPASS_CACHE_DIR", str(tmp_path / "cache"))
+    code = main(["prune", "digits_cnn", "--target", "latency=90%", "--criterion", "magnitude", "--out",
+                 str(tmp_path / "out"), "--quiet"])
+    out = capsys.readouterr().out
+    said = ("widths in multiples of 16 channels (probed: every channel group at 16 channels timed 0.520 of the "
+            "original, every channel group at 8 channels timed 0.610 of the original)")
+    assert code == 0 and said in out
+    assert said in (tmp_path / "out" / "report.md").read_text()
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["search"]["latency_step"]["step"] == 16
