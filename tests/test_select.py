@@ -1586,6 +1586,25 @@ def test_head_count_groups_ignore_the_channel_step():
     assert all(w % 8 == 0 or w == channels.size for w in allowed_widths(channels, c))
 
 
+def test_uniform_widths_put_channel_groups_at_a_count_and_head_groups_at_their_fewest():
+    from prunepass.select import uniform_widths
+
+    model, inputs = models.get("vit")
+    a = analyze(model, inputs)
+    c = ChannelConstraint(step=8, absolute_min=2)
+    for channels in (8, 16, 40):
+        widths = uniform_widths(a.prunable_groups, c, channels)
+        for g in a.prunable_groups:
+            if "heads" in g.tags:
+                assert widths[g.name] == 2  # the fewest heads the constraint allows
+            else:
+                assert widths[g.name] == min(w for w in allowed_widths(g, c) if w >= min(channels, g.size))
+                assert widths[g.name] == g.size or (widths[g.name] >= channels and widths[g.name] % 8 == 0)
+    kept = ChannelConstraint(step=8, rules={"heads": None})
+    heads = next(g for g in a.prunable_groups if "heads" in g.tags)
+    assert uniform_widths([heads], kept, 8) == {heads.name: heads.size}  # a group kept whole stays whole
+
+
 def test_uniform_latency_candidate_keeps_attention_head_sizes_whole():
     """The latency search's uniform finalist cuts heads and channels by one ratio but leaves
     head sizes whole (a uniform head-size cut blurs every attention map)."""

@@ -17,7 +17,7 @@ import prunepass
 from prunepass.api import latency_constraint
 from prunepass.plan import Plan
 from prunepass.rewrite import apply_plan
-from prunepass.select.constraints import ChannelConstraint, allowed_widths
+from prunepass.select.constraints import ChannelConstraint, uniform_widths
 
 FLOOR_STEPS = (1, 2, 3, 4)  # every channel group at k latency steps
 
@@ -29,11 +29,7 @@ def floor_widths(analysis: Any, constraint: ChannelConstraint | None = None) -> 
     c = latency_constraint(constraint)
     out: dict[str, dict[str, int]] = {}
     for k in FLOOR_STEPS:
-        widths = {}
-        for g in analysis.prunable_groups:
-            allowed = allowed_widths(g, c)
-            least = allowed[0] if "heads" in g.tags else min(k * c.step, g.size)
-            widths[g.name] = next(w for w in allowed if w >= least)
+        widths = uniform_widths(analysis.prunable_groups, c, k * c.step)
         if widths not in out.values():
             out[f"every group at {k * c.step}"] = widths
     return out
