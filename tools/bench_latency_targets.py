@@ -35,6 +35,7 @@ from _floor import floor_models  # sibling helper (tools/ is on sys.path)
 import models
 from prunepass.api import prune
 from prunepass.data import builtin_calibration, first_of
+from prunepass.onnx_backend import export_onnx
 from prunepass.report import state_sentence, step_sentence
 
 BAND = 0.07  # issue 4: an achieved latency within +-7 % of the target is a hit
@@ -47,31 +48,30 @@ def with_batch(inputs: tuple, batch: int) -> tuple:
     return tuple({k: grow(v) for k, v in x.items()} if isinstance(x, dict) else grow(x) for x in inputs)
 
 
-def remeasure(result, original, times: int, threads: int, model=None) -> list[tuple[float, float]]:
-    """``times`` more measurements of the shipped pruned model (or of ``model``) against the
-    original, each the way prune() measures (``prunepass.api.final_rounds``; median of per-round
-    ratios), with the original's median ms in each (the machine's state)."""
+def remeasure(base_proto, model, args: tuple, kwargs: dict, times: int, threads: int) -> list[tuple[float, float]]:
+    """``times`` measurements of ``model`` against the original's export ``base_proto``, each the
+    way prune() measures (``prunepass.api.final_rounds``; median of per-round ratios), with the
+    original's median ms in each (the machine's state)."""
     from prunepass.api import final_rounds
-    from prunepass.onnx_backend import export_onnx
 
-    args, kwargs = result.analysis.captured.args, result.analysis.captured.kwargs
-    protos = [export_onnx(m, args, kwargs, verify=False) for m in (original, model or result.model)]
+    proto = export_onnx(model, args, kwargs, verify=False)
     out = []
     for _ in range(times):
-        rounds = final_rounds(*protos, args, kwargs, threads)
+        rounds = final_rounds(base_proto, proto, args, kwargs, threads)
         out.append((statistics.median(p.median / o.median for o, p in rounds),
                     statistics.median(o.median for o, _ in rounds)))
     return out
 
 
-def floor_ratio(result, original, threads: int) -> tuple[float, str]:
+def floor_ratio(result, original, base_proto, threads: int) -> tuple[float, str]:
     """The latency ratio of the fastest floor network of the search space (``_floor``: every
     channel group at 1-4 latency steps), each timed as prune() times its answer, and its label.
     A target more than the band under it is out of reach: the right answer is ``met=False`` with
     a result that is not slower."""
     a = result.analysis
-    ratios = {label: remeasure(result, original, 1, threads, m)[0][0]
-              for label, m in floor_models(original, a.captured.args, analysis=a).items()}
+    args, kwargs = a.captured.args, a.captured.kwargs
+    ratios = {label: remeasure(base_proto, m, args, kwargs, 1, threads)[0][0]
+              for label, m in floor_models(original, args, analysis=a).items()}
     best = min(ratios, key=ratios.get)
     return ratios[best], best
 
@@ -86,7 +86,9 @@ def run_one(name: str, percent: float, threads: int, strategy: str, batch: int |
               threads=threads, sample_to_model_inputs=first_of)
     lat = r.report["latency"]
     said = lat["ratio"]  # median of per-round ratios, original and pruned timed interleaved
-    again = remeasure(r, model, times, threads) if times else []
+    args, kwargs = r.analysis.captured.args, r.analysis.captured.kwargs
+    base = export_onnx(model, args, kwargs, verify=False) if times or floor else None  # the original, once
+    again = remeasure(base, r.model, args, kwargs, times, threads) if times else []
     every = [said, *(x for x, _ in again)]
     # the original's median ms at each measurement: the machine's state (0.86 ms quiet on the
     # digits CNN at batch 64; 1.2-1.8 ms in busy spells)
@@ -94,7 +96,7 @@ def run_one(name: str, percent: float, threads: int, strategy: str, batch: int |
     check = lat.get("recheck")
     ratio = statistics.median(every)
     search = r.search
-    fastest, floor_label = floor_ratio(r, model, threads) if floor else (float("nan"), "-")
+    fastest, floor_label = floor_ratio(r, model, base, threads) if floor else (float("nan"), "-")
     reachable = not fastest > percent / 100 * (1 + BAND)
     return {"model": name + (f"(b{batch})" if batch else ""), "target": percent / 100, "achieved": ratio,
             "prune_said": said, "search_estimate_ms": lat.get("predicted_ms"),
